@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Installs what the tests, the demo and the benchmarks need on a clean machine.
+# Idempotent: does nothing when everything is already there.
+set -euo pipefail
+
+need=()
+command -v systemd-socket-activate >/dev/null || need+=(systemd)
+command -v setpriv >/dev/null || need+=(util-linux)
+command -v node >/dev/null || need+=(nodejs)
+if [ ${#need[@]} -gt 0 ]; then
+	echo "== apt-get install ${need[*]}"
+	apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+go mod download
