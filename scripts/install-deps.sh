@@ -13,3 +13,4 @@ if [ ${#need[@]} -gt 0 ]; then
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 go mod download
+bash "$(dirname "$0")/install-examples-deps.sh"
