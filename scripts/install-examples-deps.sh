@@ -1,18 +1,22 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the examples under examples/ need, only when
-# they are missing: gunicorn (Python WSGI server, /usr/bin/gunicorn, with
-# Debian's /usr/bin/python3) and puma (Ruby Rack server, /usr/bin/puma, pulls
-# in ruby and ruby-rack). Node and systemd-socket-activate come from
-# scripts/install-deps.sh. Idempotent: prints nothing and touches nothing when
-# everything is there. Needs root (apt-get).
+# they are missing:
+#   gunicorn        Python WSGI server (/usr/bin/gunicorn, Debian's python3)
+#   puma            Ruby Rack server (/usr/bin/puma; pulls in ruby, ruby-nio4r)
+#   ruby-sd-notify  the sd_notify gem puma needs to send READY=1 (notify readiness)
+# plus systemd (systemd-socket-activate) and nodejs when absent.
+# Idempotent: prints nothing and changes nothing when everything is there.
+# Needs root (apt-get).
 set -euo pipefail
+
+installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
 
 need=()
 command -v systemd-socket-activate >/dev/null || need+=(systemd)
 command -v node >/dev/null || need+=(nodejs)
-[ -x /usr/bin/python3 ] || need+=(python3)
-[ -x /usr/bin/gunicorn ] || need+=(gunicorn)
-[ -x /usr/bin/puma ] || need+=(puma)
+for pkg in python3 gunicorn puma ruby-sd-notify; do
+	installed "$pkg" || need+=("$pkg")
+done
 if [ ${#need[@]} -gt 0 ]; then
 	echo "== apt-get install ${need[*]}"
 	apt-get update -qq
