@@ -1,0 +1,56 @@
+// Package cluster runs an application as generations of worker processes on
+// listening sockets that the master holds for its whole life: Node's cluster
+// module, outside the application and for any language that can serve on an
+// inherited socket (systemd socket activation).
+//
+// What it owns: the listening sockets (Sockets), every worker process and
+// its process group, one spawner thread, one watchdog process and a private
+// directory of sd_notify sockets. It knows nothing of URLs, archives or
+// configuration files.
+//
+// Invariants:
+//
+//   - The sockets are opened (or adopted from systemd by name) once and never
+//     closed while a Master uses them; workers inherit them as fds 3, 4, … with
+//     LISTEN_FDS, LISTEN_FDNAMES and LISTEN_PID equal to their own pid (set by
+//     the shim, see RunShimIfRequested). There is one accept queue per socket
+//     (never SO_REUSEPORT), so a connection waiting in it survives the exit of
+//     any worker: a reload refuses no connection.
+//   - Each worker is the leader of its own process group and gets SIGKILL when
+//     the master's spawner thread dies (Pdeathsig, set from one goroutine locked
+//     to its thread for the master's life). A watchdog process kills every
+//     worker group when the master dies, however it dies: no orphan in a
+//     worker's group keeps a port. A descendant that leaves the group (setsid)
+//     is out of reach; run the agent under systemd for that (KillMode).
+//   - At most one serving generation. A Reload starts a complete new
+//     generation beside it and retires the old one only when Readiness.Quorum
+//     new workers are ready and the probation window passed; until then the old
+//     generation is never signalled. On failure the new generation is stopped
+//     and the error names each failed worker with exit status, last output
+//     lines and a one-line verdict.
+//   - Retiring a worker: StopSignal to its process group, up to DrainTimeout for
+//     the whole group to exit, then SIGKILL to the group. When a worker's leader
+//     exits on its own, what is left of its group is killed at once.
+//   - A generation is pinned to the directory resolved when it started;
+//     a crashed worker of the serving generation is restarted there with
+//     exponential backoff (BackoffMin..BackoffMax), never in a newer release.
+//   - Every child is reaped by exactly one goroutine, and every goroutine is
+//     owned: Shutdown returns when all of them are gone.
+//
+// Worker environment: the master's own environment minus the variables it
+// owns, then Config.Env, then LISTEN_FDS, LISTEN_FDNAMES, LISTEN_PID,
+// NOTIFY_SOCKET (one socket per worker process: READY=1 and STATUS= from the
+// worker or any descendant count for that worker), DEPLOY_RELEASE_ID,
+// DEPLOY_RELEASE_DIR (the resolved directory), DEPLOY_ROOT and WORKER_ID
+// (0..Workers-1, stable across generations). The master's own NOTIFY_SOCKET
+// never reaches a worker.
+//
+// Readiness: "listen" reads /proc: a process of the worker's tree with one of
+// our socket inodes in an epoll set (fdinfo "tfd: … ino:") or a thread blocked
+// in accept/accept4 on it; polled every 2 ms rising to 15 ms. "notify" waits
+// for READY=1. "delay" waits until the worker stayed alive for Readiness.Delay.
+//
+// Callers: call RunShimIfRequested first thing in main; call Shutdown, then
+// Sockets.Close; Reload is refused (ErrBusy) while another one runs, so
+// queue reloads above this package if you want them queued.
+package cluster

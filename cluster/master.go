@@ -1,0 +1,429 @@
+package cluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// GenerationSpec says where a generation runs. Dir is resolved with
+// filepath.EvalSymlinks once, when the generation starts: every worker of
+// the generation, restarts included, runs in that directory, never in
+// whatever a symlink such as `current` names later.
+type GenerationSpec struct {
+	Dir       string // release directory
+	ReleaseID string // DEPLOY_RELEASE_ID
+	Root      string // DEPLOY_ROOT
+}
+
+// ReloadEvent reports progress of a Reload. Kind is one of "worker-started",
+// "worker-ready", "worker-exited", "quorum", "probation", "retiring",
+// "retired", "failed".
+type ReloadEvent struct {
+	Time       time.Time
+	Kind       string
+	Generation int
+	Worker     int
+	PID        int
+	Message    string
+}
+
+// ReloadResult describes a successful Reload.
+type ReloadResult struct {
+	Generation   int
+	ReadyAfter   time.Duration // start of the reload to quorum ready
+	RetiredAfter time.Duration // start of the reload to old generation gone
+}
+
+// Master owns the workers of one application: at most one serving
+// generation, plus the one a Reload is starting and the one it is retiring.
+type Master struct {
+	cfg       Config
+	socks     *Sockets
+	log       *slog.Logger
+	spawner   *spawner
+	watchdog  *watchdog
+	notifyDir string
+	spawnSeq  atomic.Int64
+
+	reloading atomic.Bool
+	closing   chan struct{}
+	reloadWG  sync.WaitGroup
+	shutOnce  sync.Once
+	shutDone  chan struct{}
+	shutErr   error
+
+	emitMu  sync.Mutex
+	emitter func(ReloadEvent)
+
+	mu      sync.Mutex
+	closed  bool
+	gens    []*generation // live, oldest first
+	serving *generation
+	nextGen int
+}
+
+// NewMaster validates cfg and prepares a master for socks; no worker runs
+// until the first Reload. It starts the spawner thread and the watchdog
+// process; Shutdown stops them.
+func NewMaster(cfg Config, socks *Sockets) (*Master, error) {
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	if socks == nil || len(socks.files) == 0 {
+		return nil, fmt.Errorf("%w: no sockets", ErrInvalidConfig)
+	}
+	if _, err := os.Stat(cfg.ShimPath); err != nil {
+		return nil, fmt.Errorf("%w: shim: %v", ErrInvalidConfig, err)
+	}
+	dir, err := os.MkdirTemp("", "handoff-notify-")
+	if err != nil {
+		return nil, fmt.Errorf("new master: %w", err)
+	}
+	sp := newSpawner()
+	wd, err := startWatchdog(sp, cfg.ShimPath)
+	if err != nil {
+		sp.stop()
+		os.RemoveAll(dir)
+		return nil, err
+	}
+	return &Master{
+		cfg: cfg, socks: socks, log: cfg.Logger,
+		spawner: sp, watchdog: wd, notifyDir: dir,
+		closing: make(chan struct{}), shutDone: make(chan struct{}),
+	}, nil
+}
+
+func (m *Master) emit(ev ReloadEvent) {
+	if ev.Time.IsZero() {
+		ev.Time = time.Now()
+	}
+	m.emitMu.Lock()
+	defer m.emitMu.Unlock()
+	if m.emitter != nil {
+		m.emitter(ev)
+	}
+}
+
+func (m *Master) setEmitter(f func(ReloadEvent)) {
+	m.emitMu.Lock()
+	m.emitter = f
+	m.emitMu.Unlock()
+}
+
+// Reload starts a complete new generation in spec.Dir beside the serving one
+// (the first call starts the first generation) and waits until
+// Readiness.Quorum of its workers are ready, then for Readiness.Probation;
+// then the new generation serves and the old one is retired: StopSignal to
+// each worker's process group, up to DrainTimeout, then SIGKILL to the group.
+// Reload returns once the old generation is gone.
+//
+// It fails with a *ReloadError (errors.Is(err, ErrReloadFailed)) when the
+// timeout passes, so many new workers exit that the quorum cannot be met, a
+// new worker exits during probation, ctx ends before the new generation
+// serves, or the master is shut down. Then the new generation is stopped
+// (ready workers drained like a retiring generation, the others killed) before
+// Reload returns, and the old generation, never signalled, keeps serving. A
+// ctx that ends after cutover does not cut the drain of the old generation.
+//
+// Reload while another Reload runs returns ErrBusy at once: refused, not
+// queued. After Shutdown it returns ErrClosed. An unusable spec.Dir returns
+// an error wrapping ErrInvalidSpec and starts nothing. events, if not nil, is
+// called for each ReloadEvent, one call at a time, never after Reload
+// returned; it must not block for long.
+func (m *Master) Reload(ctx context.Context, spec GenerationSpec, events func(ReloadEvent)) (*ReloadResult, error) {
+	if !m.reloading.CompareAndSwap(false, true) {
+		return nil, ErrBusy
+	}
+	defer m.reloading.Store(false)
+	start := time.Now()
+	dir, err := filepath.EvalSymlinks(spec.Dir)
+	if err == nil {
+		dir, err = filepath.Abs(dir)
+	}
+	if err == nil {
+		var fi os.FileInfo
+		if fi, err = os.Stat(dir); err == nil && !fi.IsDir() {
+			err = errors.New("not a directory")
+		}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("reload %s: %w: %v", spec.Dir, ErrInvalidSpec, err)
+	}
+
+	m.mu.Lock()
+	if m.closed {
+		m.mu.Unlock()
+		return nil, ErrClosed
+	}
+	m.reloadWG.Add(1)
+	defer m.reloadWG.Done()
+	m.nextGen++
+	g := &generation{
+		m: m, id: m.nextGen, spec: spec, dir: dir, created: start,
+		promoted: make(chan struct{}), stopCh: make(chan struct{}), changed: make(chan struct{}, 1),
+		state: GenStarting,
+	}
+	for i := range m.cfg.Workers {
+		g.slots = append(g.slots, &slot{g: g, id: i, state: WorkerStarting})
+	}
+	m.gens = append(m.gens, g)
+	old := m.serving
+	m.mu.Unlock()
+
+	if events != nil {
+		m.setEmitter(events)
+		defer m.setEmitter(nil)
+	}
+	m.log.Info("Reloading", "gen", g.id, "release", spec.ReleaseID, "dir", dir, "workers", m.cfg.Workers)
+
+	for _, s := range g.slots {
+		p, err := m.startProc(g, s.id)
+		m.mu.Lock()
+		s.proc, s.startErr = p, err
+		m.mu.Unlock()
+		if err == nil {
+			m.emit(ReloadEvent{Kind: "worker-started", Generation: g.id, Worker: s.id, PID: p.pid})
+		}
+		g.wg.Add(1)
+		go s.run(p, err)
+	}
+
+	cause := m.awaitQuorum(ctx, g)
+	readyAfter := time.Since(start)
+	if cause == nil {
+		m.emit(ReloadEvent{Kind: "quorum", Generation: g.id, Message: fmt.Sprintf("%d of %d ready after %s", m.cfg.Readiness.Quorum, m.cfg.Workers, readyAfter.Round(time.Millisecond))})
+		cause = m.probation(ctx, g)
+	}
+	if cause != nil {
+		return nil, m.fail(g, cause, start)
+	}
+
+	m.mu.Lock()
+	if m.closed {
+		m.mu.Unlock()
+		return nil, m.fail(g, ErrClosed, start)
+	}
+	g.state = GenServing
+	m.serving = g
+	close(g.promoted)
+	if old != nil {
+		old.state = GenRetiring
+	}
+	m.mu.Unlock()
+	m.log.Info("Generation serving", "gen", g.id, "release", spec.ReleaseID, "ready_after", readyAfter)
+
+	if old != nil {
+		m.emit(ReloadEvent{Kind: "retiring", Generation: old.id})
+		old.stop(m.cfg.StopSignal, time.Now().Add(m.cfg.DrainTimeout), false)
+		m.removeGen(old)
+		m.emit(ReloadEvent{Kind: "retired", Generation: old.id})
+		m.log.Info("Generation retired", "gen", old.id)
+	}
+	return &ReloadResult{Generation: g.id, ReadyAfter: readyAfter, RetiredAfter: time.Since(start)}, nil
+}
+
+// counts returns how many of g's workers are ready and alive, and how many
+// exited (or could not start).
+func (m *Master) counts(g *generation) (ready, exited int) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, s := range g.slots {
+		switch {
+		case s.proc == nil:
+			if s.startErr != nil {
+				exited++
+			}
+		case chanClosed(s.proc.done):
+			exited++
+		case s.proc.isReady():
+			ready++
+		}
+	}
+	return ready, exited
+}
+
+func chanClosed(c chan struct{}) bool {
+	select {
+	case <-c:
+		return true
+	default:
+		return false
+	}
+}
+
+func (m *Master) awaitQuorum(ctx context.Context, g *generation) error {
+	r := m.cfg.Readiness
+	timer := time.NewTimer(r.Timeout)
+	defer timer.Stop()
+	for {
+		ready, exited := m.counts(g)
+		if ready >= r.Quorum {
+			return nil
+		}
+		if exited > m.cfg.Workers-r.Quorum {
+			return fmt.Errorf("%w (%d of %d exited, quorum %d)", ErrQuorumLost, exited, m.cfg.Workers, r.Quorum)
+		}
+		select {
+		case <-g.changed:
+		case <-timer.C:
+			return fmt.Errorf("%w: %d of %d workers ready within %s, quorum %d", ErrReadinessTimeout, ready, m.cfg.Workers, r.Timeout, r.Quorum)
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-m.closing:
+			return ErrClosed
+		}
+	}
+}
+
+func (m *Master) probation(ctx context.Context, g *generation) error {
+	d := m.cfg.Readiness.Probation
+	if d <= 0 {
+		return nil
+	}
+	m.mu.Lock()
+	g.state = GenProbation
+	m.mu.Unlock()
+	m.emit(ReloadEvent{Kind: "probation", Generation: g.id, Message: d.String()})
+	_, exited0 := m.counts(g)
+	timer := time.NewTimer(d)
+	defer timer.Stop()
+	for {
+		select {
+		case <-g.changed:
+			if _, exited := m.counts(g); exited > exited0 {
+				return fmt.Errorf("%w (%s)", ErrProbationFailed, d)
+			}
+		case <-timer.C:
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-m.closing:
+			return ErrClosed
+		}
+	}
+}
+
+// fail stops generation g and builds the ReloadError.
+func (m *Master) fail(g *generation, cause error, start time.Time) error {
+	m.mu.Lock()
+	g.state = GenFailed
+	type entry struct {
+		s   *slot
+		p   *proc
+		err error
+	}
+	var es []entry
+	for _, s := range g.slots {
+		es = append(es, entry{s, s.proc, s.startErr})
+	}
+	m.mu.Unlock()
+	// Verdicts are taken before the stop, which would blur them.
+	var failures []WorkerFailure
+	var procs []*proc
+	for _, e := range es {
+		if e.p == nil {
+			if e.err != nil {
+				failures = append(failures, WorkerFailure{Worker: e.s.id, ExitStatus: "not started", Verdict: VerdictStartFailed + ": " + e.err.Error()})
+				procs = append(procs, nil)
+			}
+			continue
+		}
+		if !chanClosed(e.p.done) && e.p.isReady() {
+			continue // it did its part
+		}
+		failures = append(failures, WorkerFailure{
+			Worker: e.s.id, PID: e.p.pid, ExitStatus: e.p.exitStatus(),
+			Verdict: m.verdict(e.p, cause),
+		})
+		procs = append(procs, e.p)
+	}
+	g.stop(m.cfg.StopSignal, time.Now().Add(m.cfg.DrainTimeout), true)
+	for i := range failures {
+		if p := procs[i]; p != nil {
+			failures[i].LastLines = p.lastLines()
+		}
+	}
+	m.removeGen(g)
+	err := &ReloadError{Generation: g.id, ReleaseID: g.spec.ReleaseID, Cause: cause, After: time.Since(start), Workers: failures}
+	m.log.Warn("Reload failed", "gen", g.id, "err", err)
+	m.emit(ReloadEvent{Kind: "failed", Generation: g.id, Message: err.Error()})
+	return err
+}
+
+func (m *Master) removeGen(g *generation) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for i, x := range m.gens {
+		if x == g {
+			m.gens = append(m.gens[:i], m.gens[i+1:]...)
+			break
+		}
+	}
+	if m.serving == g {
+		m.serving = nil
+	}
+}
+
+// Shutdown stops every worker: StopSignal to each process group, a drain
+// until ctx ends (or DrainTimeout when ctx has no deadline), then SIGKILL to
+// what is left; it returns once every child is reaped, the spawner thread
+// and the watchdog are gone. A Reload in progress fails with ErrClosed.
+// It returns ctx.Err() when workers had to be killed at the deadline, nil
+// otherwise. Later calls wait for the first and return its result. The
+// sockets stay open: close them with Sockets.Close.
+func (m *Master) Shutdown(ctx context.Context) error {
+	m.shutOnce.Do(func() {
+		defer close(m.shutDone)
+		m.mu.Lock()
+		m.closed = true
+		close(m.closing)
+		gens := append([]*generation(nil), m.gens...)
+		m.mu.Unlock()
+		m.log.Info("Shutting down", "generations", len(gens))
+
+		deadline, ok := ctx.Deadline()
+		if !ok {
+			deadline = time.Now().Add(m.cfg.DrainTimeout)
+		}
+		stopped := make(chan struct{})
+		go func() {
+			var wg sync.WaitGroup
+			for _, g := range gens {
+				wg.Add(1)
+				go func() { defer wg.Done(); g.stop(m.cfg.StopSignal, deadline, false) }()
+			}
+			wg.Wait()
+			m.reloadWG.Wait()
+			close(stopped)
+		}()
+		select {
+		case <-stopped:
+		case <-ctx.Done():
+			m.shutErr = ctx.Err()
+			for _, g := range gens {
+				g.killAll()
+			}
+			<-stopped
+		}
+		// A Reload that registered a generation after the snapshot has
+		// stopped it itself (it saw closing); every generation is gone now.
+		m.log.Debug("Generations stopped")
+		if err := m.watchdog.stop(); err != nil {
+			m.log.Warn("Watchdog", "err", err)
+		}
+		m.log.Debug("Watchdog stopped")
+		m.spawner.stop()
+		os.RemoveAll(m.notifyDir)
+		m.log.Info("Shut down")
+	})
+	<-m.shutDone
+	return m.shutErr
+}

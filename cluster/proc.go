@@ -1,0 +1,407 @@
+package cluster
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+const lastLinesKept = 20
+
+// proc is one started worker process: the shim exec'ed into the command, in
+// its own process group (pgid == pid), with Pdeathsig SIGKILL. Exactly one
+// goroutine (waiter) waits for it; done closes once it is reaped, its group
+// is gone and its output is drained.
+type proc struct {
+	m       *Master
+	gen     int
+	worker  int
+	pid     int
+	cmd     *exec.Cmd
+	started time.Time
+	log     *slog.Logger
+
+	ready     chan struct{} // closed when ready
+	readyOnce sync.Once
+	exited    chan struct{} // closed when the leader exited (not yet reaped)
+	hurry     chan struct{} // closed to cut a drain short
+	hurryOnce sync.Once
+	done      chan struct{} // closed after reap, group kill and output drain
+
+	notify *net.UnixConn
+	rOut   *os.File
+	rErr   *os.File
+	bg     sync.WaitGroup // output and notify readers, readiness watcher
+
+	mu        sync.Mutex
+	readyAt   time.Time
+	readyHow  string
+	stopping  bool
+	deadline  time.Time
+	status    string // last STATUS= from sd_notify
+	lines     []string
+	state     *os.ProcessState
+	exitedAt  time.Time
+	ownListen []string // listening sockets of its own, seen while not ready
+}
+
+// startProc starts worker `worker` of generation g.
+func (m *Master) startProc(g *generation, worker int) (*proc, error) {
+	p := &proc{
+		m: m, gen: g.id, worker: worker,
+		ready: make(chan struct{}), exited: make(chan struct{}),
+		hurry: make(chan struct{}), done: make(chan struct{}),
+	}
+	notifyPath := filepath.Join(m.notifyDir, fmt.Sprintf("g%d-w%d-%d.sock", g.id, worker, m.spawnSeq.Add(1)))
+	nc, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: notifyPath, Net: "unixgram"})
+	if err != nil {
+		return nil, fmt.Errorf("start worker %d: notify socket: %w", worker, err)
+	}
+	p.notify = nc
+	rOut, wOut, err := os.Pipe()
+	if err != nil {
+		nc.Close()
+		return nil, fmt.Errorf("start worker %d: %w", worker, err)
+	}
+	rErr, wErr, err := os.Pipe()
+	if err != nil {
+		nc.Close()
+		rOut.Close()
+		wOut.Close()
+		return nil, fmt.Errorf("start worker %d: %w", worker, err)
+	}
+	p.rOut, p.rErr = rOut, rErr
+	p.cmd = &exec.Cmd{
+		Path:       m.cfg.ShimPath,
+		Args:       append([]string{m.cfg.ShimPath}, m.cfg.Command...),
+		Dir:        g.dir,
+		Env:        m.workerEnv(g, worker, notifyPath),
+		Stdout:     wOut,
+		Stderr:     wErr,
+		ExtraFiles: m.socks.files,
+		SysProcAttr: &syscall.SysProcAttr{
+			Setpgid:   true,
+			Pdeathsig: syscall.SIGKILL,
+		},
+	}
+	err = m.spawner.start(p.cmd)
+	wOut.Close()
+	wErr.Close()
+	if err != nil {
+		nc.Close()
+		os.Remove(notifyPath)
+		rOut.Close()
+		rErr.Close()
+		return nil, fmt.Errorf("start worker %d: %w", worker, err)
+	}
+	p.pid = p.cmd.Process.Pid
+	p.started = time.Now()
+	p.log = m.log.With("gen", g.id, "worker", worker, "pid", p.pid)
+	m.watchdog.add(p.pid)
+
+	p.bg.Add(3)
+	go p.readOutput(rOut, "stdout")
+	go p.readOutput(rErr, "stderr")
+	go p.readNotify(notifyPath)
+	if m.cfg.Readiness.Mode != ModeNotify {
+		p.bg.Add(1)
+		go p.watchReadiness()
+	}
+	go p.wait()
+	return p, nil
+}
+
+// workerEnv is the master's environment without the variables the master
+// owns, then Config.Env, then the worker protocol variables.
+func (m *Master) workerEnv(g *generation, worker int, notifyPath string) []string {
+	owned := map[string]bool{
+		"LISTEN_FDS": true, "LISTEN_PID": true, "LISTEN_FDNAMES": true, "NOTIFY_SOCKET": true,
+		"DEPLOY_RELEASE_ID": true, "DEPLOY_RELEASE_DIR": true, "DEPLOY_ROOT": true,
+		"WORKER_ID": true, shimEnv: true,
+	}
+	var env []string
+	idx := map[string]int{}
+	add := func(kv string) {
+		k, _, _ := strings.Cut(kv, "=")
+		if owned[k] {
+			return
+		}
+		if i, ok := idx[k]; ok {
+			env[i] = kv
+			return
+		}
+		idx[k] = len(env)
+		env = append(env, kv)
+	}
+	for _, kv := range os.Environ() {
+		add(kv)
+	}
+	for _, kv := range m.cfg.Env {
+		add(kv)
+	}
+	return append(env,
+		"LISTEN_FDS="+strconv.Itoa(len(m.socks.files)),
+		"LISTEN_FDNAMES="+strings.Join(m.socks.names, ":"),
+		"NOTIFY_SOCKET="+notifyPath,
+		"DEPLOY_RELEASE_ID="+g.spec.ReleaseID,
+		"DEPLOY_RELEASE_DIR="+g.dir,
+		"DEPLOY_ROOT="+g.spec.Root,
+		"WORKER_ID="+strconv.Itoa(worker),
+		shimEnv+"="+shimExec,
+	)
+}
+
+func (p *proc) markReady(how string) {
+	p.readyOnce.Do(func() {
+		p.mu.Lock()
+		p.readyAt = time.Now()
+		p.readyHow = how
+		p.mu.Unlock()
+		close(p.ready)
+	})
+}
+
+func (p *proc) isReady() bool {
+	select {
+	case <-p.ready:
+		return true
+	default:
+		return false
+	}
+}
+
+func (p *proc) readOutput(r *os.File, stream string) {
+	defer p.bg.Done()
+	br := bufio.NewReaderSize(r, 64<<10)
+	for {
+		line, err := br.ReadSlice('\n')
+		if len(line) > 0 {
+			for err == bufio.ErrBufferFull { // overlong line: keep its start
+				_, err = br.ReadSlice('\n')
+			}
+			s := strings.TrimRight(string(line), "\r\n")
+			p.log.Info("Worker output", "stream", stream, "line", s)
+			p.mu.Lock()
+			p.lines = append(p.lines, s)
+			if len(p.lines) > lastLinesKept {
+				p.lines = p.lines[len(p.lines)-lastLinesKept:]
+			}
+			p.mu.Unlock()
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+// readNotify reads sd_notify datagrams. READY=1 makes the worker ready in
+// mode notify; STATUS= is kept for Status.
+func (p *proc) readNotify(path string) {
+	defer p.bg.Done()
+	defer os.Remove(path)
+	buf := make([]byte, 4096)
+	for {
+		n, _, err := p.notify.ReadFromUnix(buf)
+		if err != nil {
+			return
+		}
+		for _, line := range strings.Split(string(buf[:n]), "\n") {
+			switch {
+			case line == "READY=1":
+				if p.m.cfg.Readiness.Mode == ModeNotify {
+					p.markReady("notify")
+				}
+			case strings.HasPrefix(line, "STATUS="):
+				p.mu.Lock()
+				p.status = strings.TrimPrefix(line, "STATUS=")
+				p.mu.Unlock()
+			}
+		}
+	}
+}
+
+// watchReadiness decides readiness in modes listen and delay; it returns
+// when the worker is ready or has exited.
+func (p *proc) watchReadiness() {
+	defer p.bg.Done()
+	if p.m.cfg.Readiness.Mode == ModeDelay {
+		t := time.NewTimer(p.m.cfg.Readiness.Delay - time.Since(p.started))
+		defer t.Stop()
+		select {
+		case <-t.C:
+			p.markReady("delay")
+		case <-p.exited:
+		}
+		return
+	}
+	// listen: poll /proc, starting fast and backing off to pollMax, so that
+	// detection stays within pollMax of the app starting to accept.
+	interval := pollMin
+	t := time.NewTimer(0)
+	defer t.Stop()
+	foreignChecked := time.Now()
+	for {
+		select {
+		case <-t.C:
+		case <-p.exited:
+			return
+		}
+		u := scanTree(p.pid, p.m.socks.isOurs, false)
+		if u.touched {
+			p.markReady(u.how)
+			return
+		}
+		// Now and then look for a listening socket of its own, the sign of an
+		// app that ignores LISTEN_FDS; it goes into the failure verdict.
+		if time.Since(foreignChecked) > 500*time.Millisecond {
+			foreignChecked = time.Now()
+			fu := scanTree(p.pid, p.m.socks.isOurs, true)
+			if addrs := listeningAddrs(p.pid, fu.foreign); len(addrs) > 0 {
+				p.mu.Lock()
+				p.ownListen = addrs
+				p.mu.Unlock()
+			}
+		}
+		interval = min(interval*5/4+time.Millisecond/4, pollMax)
+		t.Reset(interval)
+	}
+}
+
+// Readiness polling bounds of mode listen.
+const (
+	pollMin = 2 * time.Millisecond
+	pollMax = 15 * time.Millisecond
+)
+
+// wait is the one goroutine that waits for the process.
+func (p *proc) wait() {
+	for {
+		var si unix.Siginfo
+		err := unix.Waitid(unix.P_PID, p.pid, &si, unix.WEXITED|unix.WNOWAIT, nil)
+		if err == nil || !errors.Is(err, syscall.EINTR) {
+			break
+		}
+	}
+	close(p.exited)
+	// The leader is a zombie now, so its pid (the group id) cannot be reused
+	// until we reap it: settle the rest of its process group first.
+	p.settleGroup()
+	err := p.cmd.Wait()
+	p.m.watchdog.remove(p.pid)
+	p.mu.Lock()
+	p.state = p.cmd.ProcessState
+	p.exitedAt = time.Now()
+	p.mu.Unlock()
+	var ee *exec.ExitError
+	if err != nil && !errors.As(err, &ee) {
+		p.log.Warn("Wait failed", "err", err)
+	}
+	p.notify.Close()
+	// Output readers end at EOF once the whole group is gone; a descendant
+	// that left the group may hold the pipes, so bound the wait.
+	drained := make(chan struct{})
+	go func() { p.bg.Wait(); close(drained) }()
+	select {
+	case <-drained:
+	case <-time.After(time.Second):
+		p.rOut.Close()
+		p.rErr.Close()
+		<-drained
+	}
+	p.rOut.Close()
+	p.rErr.Close()
+	close(p.done)
+}
+
+// settleGroup runs after the leader exited. A retiring worker's group may
+// finish its drain until the deadline; otherwise what is left of the group
+// is killed at once (a crashed worker leaves no process behind).
+func (p *proc) settleGroup() {
+	for {
+		p.mu.Lock()
+		stopping, deadline := p.stopping, p.deadline
+		p.mu.Unlock()
+		if !stopping || !time.Now().Before(deadline) {
+			break
+		}
+		if len(groupMembers(p.pid)) == 0 {
+			return
+		}
+		select {
+		case <-time.After(min(20*time.Millisecond, time.Until(deadline))):
+		case <-p.hurry:
+		}
+	}
+	if len(groupMembers(p.pid)) > 0 {
+		syscall.Kill(-p.pid, syscall.SIGKILL)
+	}
+}
+
+// stop sends sig to the process group and waits until the worker is reaped,
+// sending SIGKILL to the group at deadline.
+func (p *proc) stop(sig syscall.Signal, deadline time.Time) {
+	p.mu.Lock()
+	if !p.stopping {
+		p.stopping = true
+		p.deadline = deadline
+	}
+	deadline = p.deadline
+	p.mu.Unlock()
+	select {
+	case <-p.exited:
+	default:
+		syscall.Kill(-p.pid, sig)
+	}
+	t := time.NewTimer(time.Until(deadline))
+	defer t.Stop()
+	select {
+	case <-p.exited:
+	case <-t.C:
+		p.kill()
+	case <-p.hurry:
+		p.kill()
+	}
+	<-p.done
+}
+
+// kill sends SIGKILL to the group now and cuts any drain short.
+func (p *proc) kill() {
+	p.mu.Lock()
+	p.stopping = true
+	p.deadline = time.Now()
+	p.mu.Unlock()
+	p.hurryOnce.Do(func() { close(p.hurry) })
+	select {
+	case <-p.exited:
+	default:
+		syscall.Kill(-p.pid, syscall.SIGKILL)
+	}
+}
+
+// exitStatus describes how the process ended, "running" if it has not.
+func (p *proc) exitStatus() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.state == nil {
+		return "running"
+	}
+	return p.state.String()
+}
+
+func (p *proc) lastLines() []string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return append([]string(nil), p.lines...)
+}

@@ -1,0 +1,259 @@
+package cluster
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"strings"
+	"syscall"
+
+	"github.com/coreos/go-systemd/v22/activation"
+)
+
+// ListenSpec names one listening socket. Address is "host:port" (TCP) or
+// "unix:/path" (a unix stream socket). Name is what workers see in
+// LISTEN_FDNAMES and what a systemd socket unit's FileDescriptorName= must say
+// for the socket to be adopted instead of bound.
+type ListenSpec struct {
+	Name    string
+	Address string
+}
+
+// Sockets holds the listening sockets of one master for its whole life.
+// Workers inherit them as fds 3, 4, … in spec order; the master itself never
+// accepts on them. Sockets are plain file descriptors in blocking mode, as
+// systemd passes them.
+type Sockets struct {
+	log     *slog.Logger
+	files   []*os.File
+	names   []string
+	addrs   []string
+	inodes  map[uint64]int // socket inode -> index
+	unlinks []string       // unix socket paths this process created
+	closed  bool
+}
+
+// OpenSockets opens one listening socket per spec, in order. A spec whose
+// name matches a socket inherited through systemd socket activation
+// (LISTEN_FDS/LISTEN_FDNAMES addressed to this process) adopts that socket;
+// otherwise the address is bound. With no specs, every inherited socket is
+// adopted. A stale unix socket file (no listener behind it) is removed before
+// binding; a live one, or a non-socket file, is an error. SO_REUSEPORT is never
+// set: one shared accept queue is what keeps connections alive across worker
+// restarts. On error every socket opened so far is closed.
+func OpenSockets(specs []ListenSpec, logger *slog.Logger) (*Sockets, error) {
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	s := &Sockets{log: logger, inodes: map[uint64]int{}}
+	inherited := activation.Files(true)
+	used := make([]bool, len(inherited))
+
+	if len(specs) == 0 {
+		if len(inherited) == 0 {
+			return nil, fmt.Errorf("open sockets: %w", ErrNoSockets)
+		}
+		for i, f := range inherited {
+			used[i] = true
+			if err := s.adopt(f.Name(), f); err != nil {
+				s.Close()
+				closeUnused(inherited, used)
+				return nil, err
+			}
+		}
+		return s, nil
+	}
+
+	seen := map[string]bool{}
+	for _, sp := range specs {
+		if strings.ContainsAny(sp.Name, ":\n") {
+			s.Close()
+			closeUnused(inherited, used)
+			return nil, fmt.Errorf("open socket %q: %w: name must not contain ':'", sp.Name, ErrInvalidSpec)
+		}
+		if sp.Name != "" && seen[sp.Name] {
+			s.Close()
+			closeUnused(inherited, used)
+			return nil, fmt.Errorf("open socket %q: %w: duplicate name", sp.Name, ErrInvalidSpec)
+		}
+		seen[sp.Name] = true
+		adopted := false
+		if sp.Name != "" {
+			for i, f := range inherited {
+				if !used[i] && f.Name() == sp.Name {
+					used[i] = true
+					if err := s.adopt(sp.Name, f); err != nil {
+						s.Close()
+						closeUnused(inherited, used)
+						return nil, err
+					}
+					adopted = true
+					break
+				}
+			}
+		}
+		if adopted {
+			continue
+		}
+		if err := s.bind(sp); err != nil {
+			s.Close()
+			closeUnused(inherited, used)
+			return nil, err
+		}
+	}
+	for i, f := range inherited {
+		if !used[i] {
+			logger.Warn("Ignoring inherited socket", "name", f.Name())
+		}
+	}
+	closeUnused(inherited, used)
+	return s, nil
+}
+
+func closeUnused(files []*os.File, used []bool) {
+	for i, f := range files {
+		if !used[i] {
+			f.Close()
+			used[i] = true
+		}
+	}
+}
+
+// adopt takes over an inherited listening socket.
+func (s *Sockets) adopt(name string, f *os.File) error {
+	l, err := net.FileListener(f)
+	if err != nil {
+		f.Close()
+		return fmt.Errorf("adopt socket %q: %w", name, err)
+	}
+	addr := l.Addr()
+	l.Close() // a dup; f stays open
+	a := addr.String()
+	if addr.Network() == "unix" {
+		a = "unix:" + a
+	}
+	if err := s.add(name, a, f); err != nil {
+		return err
+	}
+	s.log.Info("Adopted socket", "name", name, "address", a)
+	return nil
+}
+
+// bind creates a listening socket for sp.
+func (s *Sockets) bind(sp ListenSpec) error {
+	network, addr := "tcp", sp.Address
+	if p, ok := strings.CutPrefix(sp.Address, "unix:"); ok {
+		network, addr = "unix", p
+		if addr == "" {
+			return fmt.Errorf("open socket %q: %w: empty unix path", sp.Name, ErrInvalidSpec)
+		}
+		if err := removeStaleUnix(addr); err != nil {
+			return fmt.Errorf("open socket %q: %w", sp.Name, err)
+		}
+	}
+	l, err := net.Listen(network, addr)
+	if err != nil {
+		return fmt.Errorf("open socket %q: %w", sp.Name, err)
+	}
+	var f *os.File
+	var a string
+	switch l := l.(type) {
+	case *net.TCPListener:
+		f, err = l.File()
+		a = l.Addr().String()
+	case *net.UnixListener:
+		l.SetUnlinkOnClose(false)
+		f, err = l.File()
+		a = "unix:" + addr
+		s.unlinks = append(s.unlinks, addr)
+	}
+	l.Close()
+	if err != nil {
+		return fmt.Errorf("open socket %q: %w", sp.Name, err)
+	}
+	if err := s.add(sp.Name, a, f); err != nil {
+		return err
+	}
+	s.log.Info("Listening", "name", sp.Name, "address", a)
+	return nil
+}
+
+func (s *Sockets) add(name, addr string, f *os.File) error {
+	var st syscall.Stat_t
+	if err := syscall.Fstat(int(f.Fd()), &st); err != nil {
+		f.Close()
+		return fmt.Errorf("open socket %q: fstat: %w", name, err)
+	}
+	// Blocking mode, as systemd passes sockets; each worker sets what it needs.
+	if err := syscall.SetNonblock(int(f.Fd()), false); err != nil {
+		f.Close()
+		return fmt.Errorf("open socket %q: %w", name, err)
+	}
+	if name == "" {
+		name = "unknown"
+	}
+	s.inodes[st.Ino] = len(s.files)
+	s.files = append(s.files, f)
+	s.names = append(s.names, name)
+	s.addrs = append(s.addrs, addr)
+	return nil
+}
+
+// removeStaleUnix removes path if it is a unix socket nobody listens on.
+func removeStaleUnix(path string) error {
+	fi, err := os.Lstat(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if fi.Mode()&os.ModeSocket == 0 {
+		return &os.PathError{Op: "listen", Path: path, Err: errors.New("exists and is not a socket")}
+	}
+	c, err := net.Dial("unix", path)
+	if err == nil {
+		c.Close()
+		return &os.PathError{Op: "listen", Path: path, Err: syscall.EADDRINUSE}
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	return nil
+}
+
+// Addrs returns the actual addresses (port 0 resolved; "unix:/path" for unix
+// sockets), in spec order.
+func (s *Sockets) Addrs() []string { return append([]string(nil), s.addrs...) }
+
+// Names returns the socket names as workers see them in LISTEN_FDNAMES.
+func (s *Sockets) Names() []string { return append([]string(nil), s.names...) }
+
+// Close closes every socket and removes the unix socket files this process
+// created (adopted ones belong to systemd). Call it after Master.Shutdown.
+func (s *Sockets) Close() error {
+	if s.closed {
+		return nil
+	}
+	s.closed = true
+	var errs []error
+	for _, f := range s.files {
+		if err := f.Close(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	for _, p := range s.unlinks {
+		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// isOurs reports whether inode is one of the listening sockets.
+func (s *Sockets) isOurs(ino uint64) bool {
+	_, ok := s.inodes[ino]
+	return ok
+}

@@ -1,0 +1,56 @@
+package cluster
+
+import "time"
+
+// Status is a snapshot of a Master, ready for encoding/json.
+type Status struct {
+	Generations []GenerationStatus `json:"generations"` // oldest first
+	Sockets     []string           `json:"sockets"`
+}
+
+// GenerationStatus describes one live generation.
+type GenerationStatus struct {
+	ID        int            `json:"id"`
+	ReleaseID string         `json:"release_id"`
+	Dir       string         `json:"dir"`
+	State     string         `json:"state"` // GenStarting, GenProbation, GenServing, GenRetiring, GenFailed
+	Started   time.Time      `json:"started"`
+	Workers   []WorkerStatus `json:"workers"`
+}
+
+// WorkerStatus describes one worker slot (WORKER_ID) of a generation.
+type WorkerStatus struct {
+	ID       int           `json:"id"`
+	PID      int           `json:"pid"`   // current or last process
+	State    string        `json:"state"` // WorkerStarting, WorkerReady, WorkerExited, WorkerBackoff, WorkerStopping
+	Restarts int           `json:"restarts"`
+	Uptime   time.Duration `json:"uptime_ns"`           // of the running process, 0 when none runs
+	LastExit string        `json:"last_exit,omitempty"` // how the previous process ended
+	Status   string        `json:"status,omitempty"`    // last sd_notify STATUS=
+}
+
+// Status returns a snapshot of the generations and their workers.
+func (m *Master) Status() Status {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	st := Status{Sockets: m.socks.Addrs(), Generations: []GenerationStatus{}}
+	now := time.Now()
+	for _, g := range m.gens {
+		gs := GenerationStatus{ID: g.id, ReleaseID: g.spec.ReleaseID, Dir: g.dir, State: g.state, Started: g.created}
+		for _, s := range g.slots {
+			ws := WorkerStatus{ID: s.id, State: s.state, Restarts: s.restarts, LastExit: s.lastExit}
+			if p := s.proc; p != nil {
+				ws.PID = p.pid
+				p.mu.Lock()
+				if p.state == nil {
+					ws.Uptime = now.Sub(p.started)
+				}
+				ws.Status = p.status
+				p.mu.Unlock()
+			}
+			gs.Workers = append(gs.Workers, ws)
+		}
+		st.Generations = append(st.Generations, gs)
+	}
+	return st
+}

@@ -1,0 +1,77 @@
+package cluster
+
+import (
+	"errors"
+	"fmt"
+	"regexp"
+	"strings"
+	"time"
+)
+
+// exitedAtOnce is the lifetime under which an exit counts as "at once".
+const exitedAtOnce = 2 * time.Second
+
+var addrInUse = regexp.MustCompile(`(?i)EADDRINUSE|address already in use`)
+
+// verdict says in one line why p failed the reload, as far as the master can
+// tell from its exit, its output and /proc.
+func (m *Master) verdict(p *proc, cause error) string {
+	lines := p.lastLines()
+	inUse := ""
+	for _, l := range lines {
+		if addrInUse.MatchString(l) {
+			inUse = l
+			break
+		}
+	}
+	if chanClosed(p.done) {
+		p.mu.Lock()
+		st, ran, ready := p.state, p.exitedAt.Sub(p.started), !p.readyAt.IsZero()
+		p.mu.Unlock()
+		if inUse != "" {
+			return VerdictOwnPort + ": EADDRINUSE in its output"
+		}
+		if st != nil && st.ExitCode() == 127 {
+			for _, l := range lines {
+				if strings.HasPrefix(l, "handoff-shim: ") {
+					return VerdictNotFound + ": " + strings.TrimPrefix(l, "handoff-shim: ")
+				}
+			}
+		}
+		switch {
+		case ready:
+			return fmt.Sprintf("%s (after %s)", VerdictExitedReady, ran.Round(time.Millisecond))
+		case ran < exitedAtOnce:
+			return fmt.Sprintf("%s (after %s)", VerdictExitedAtOnce, ran.Round(time.Millisecond))
+		default:
+			return fmt.Sprintf("%s (after %s)", VerdictExitedEarly, ran.Round(time.Millisecond))
+		}
+	}
+	// Alive and not ready.
+	u := scanTree(p.pid, m.socks.isOurs, true)
+	if addrs := listeningAddrs(p.pid, u.foreign); len(addrs) > 0 {
+		return VerdictOwnPort + ": listening on " + strings.Join(addrs, ", ")
+	}
+	p.mu.Lock()
+	own := p.ownListen
+	p.mu.Unlock()
+	if len(own) > 0 {
+		return VerdictOwnPort + ": listening on " + strings.Join(own, ", ")
+	}
+	if inUse != "" {
+		return VerdictOwnPort + ": EADDRINUSE in its output"
+	}
+	if !errors.Is(cause, ErrReadinessTimeout) {
+		return VerdictNotReady
+	}
+	switch m.cfg.Readiness.Mode {
+	case ModeNotify:
+		return fmt.Sprintf("%s within %s", VerdictNeverNotify, m.cfg.Readiness.Timeout)
+	case ModeDelay:
+		return VerdictNotReady
+	}
+	if u.holds {
+		return fmt.Sprintf("%s within %s (holds it, but no epoll registration or accept on it)", VerdictNeverTouched, m.cfg.Readiness.Timeout)
+	}
+	return fmt.Sprintf("%s within %s", VerdictNeverTouched, m.cfg.Readiness.Timeout)
+}
