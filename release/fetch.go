@@ -393,7 +393,9 @@ func (s *Store) httpClient() *http.Client {
 		c.Transport = defaultTransport
 	}
 	c.CheckRedirect = func(req *http.Request, via []*http.Request) error {
-		if sc := strings.ToLower(req.URL.Scheme); !s.allow[sc] {
+		// A server may redirect between allowed http(s) schemes, never to
+		// a local file or another getter.
+		if sc := strings.ToLower(req.URL.Scheme); sc != "http" && sc != "https" || !s.allow[sc] {
 			return reason(ErrSchemeNotAllowed, fmt.Sprintf("redirect to %s: scheme %q is not allowed (allowed: %s)", RedactURL(req.URL.String()), sc, s.allowed()))
 		}
 		if len(via) >= 10 {

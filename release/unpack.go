@@ -331,11 +331,14 @@ func unpackFile(ctx context.Context, kind, src, dest string, lim limits) error {
 		return err
 	}
 	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	if fi.Size() == 0 {
+		return reason(ErrBadArchive, "archive file is empty (0 bytes)")
+	}
 	if archiveKinds[kind] == "zip" {
-		fi, err := f.Stat()
-		if err != nil {
-			return err
-		}
 		return unpackZip(ctx, f, fi.Size(), dest, lim)
 	}
 	return unpackTarStream(ctx, archiveKinds[kind], bufio.NewReaderSize(f, 1<<16), dest, lim)
