@@ -38,7 +38,9 @@ func TestStore_FetchHostileArchives(t *testing.T) {
 		wantText string
 	}{
 		{name: "tar traversal", file: "app.tgz",
-			data:     func(t *testing.T) []byte { return gz(t, buildTar(t, []tarEntry{{Name: "ok", Body: "1"}, {Name: "../evil", Body: "x"}})) },
+			data: func(t *testing.T) []byte {
+				return gz(t, buildTar(t, []tarEntry{{Name: "ok", Body: "1"}, {Name: "../evil", Body: "x"}}))
+			},
 			want:     ErrUnsafeArchive,
 			wantText: `unpack app.tgz: entry "../evil": path escapes the release`},
 		{name: "tar nested traversal", file: "app.tar",
