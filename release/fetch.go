@@ -135,10 +135,14 @@ func (s *Store) parseSource(raw string) (*source, error) {
 				best = k
 			}
 		}
+		foreign := ""
 		for _, k := range foreignKinds {
-			if strings.HasSuffix(u.Path, "."+k) && len(k) > len(best) {
-				return nil, fmt.Errorf("%w %q (have tar, tar.gz, tgz, tar.bz2, tbz2, tar.zst, tzst, zip)", ErrUnsupportedArchive, k)
+			if strings.HasSuffix(u.Path, "."+k) && len(k) > len(foreign) {
+				foreign = k
 			}
+		}
+		if len(foreign) > len(best) {
+			return nil, fmt.Errorf("%w %q (have tar, tar.gz, tgz, tar.bz2, tbz2, tar.zst, tzst, zip)", ErrUnsupportedArchive, foreign)
 		}
 		src.kind = best
 	}
