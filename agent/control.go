@@ -28,12 +28,13 @@ const writeTimeout = 30 * time.Second
 // controlServer serves the control socket: one goroutine per connection,
 // all owned by the server and waited for by Close.
 type controlServer struct {
-	ln        *net.UnixListener
-	path      string
-	allowUIDs []int
-	allowGIDs []int
-	log       *slog.Logger
-	handle    func(Request) *opLog // never nil result
+	ln         *net.UnixListener
+	path       string
+	allowUIDs  []int
+	allowGIDs  []int
+	log        *slog.Logger
+	handle     func(Request) *opLog // never nil result
+	reqTimeout time.Duration        // how long a client may take to send its request
 
 	wg     sync.WaitGroup
 	mu     sync.Mutex
@@ -86,7 +87,7 @@ func listenControl(path string, gid int, log *slog.Logger) (*net.UnixListener, e
 func newControlServer(ln *net.UnixListener, allowUIDs, allowGIDs []int, log *slog.Logger, handle func(Request) *opLog) *controlServer {
 	return &controlServer{
 		ln: ln, path: ln.Addr().String(), allowUIDs: allowUIDs, allowGIDs: allowGIDs,
-		log: log, handle: handle, conns: map[net.Conn]struct{}{}, closed: make(chan struct{}),
+		log: log, handle: handle, reqTimeout: requestTimeout, conns: map[net.Conn]struct{}{}, closed: make(chan struct{}),
 	}
 }
 
@@ -227,7 +228,7 @@ func (s *controlServer) serveConn(c *net.UnixConn) {
 		return
 	}
 
-	c.SetReadDeadline(time.Now().Add(requestTimeout))
+	c.SetReadDeadline(time.Now().Add(s.reqTimeout))
 	var req Request
 	dec := json.NewDecoder(bufio.NewReader(io.LimitReader(c, maxRequestBytes)))
 	dec.DisallowUnknownFields()
@@ -235,7 +236,7 @@ func (s *controlServer) serveConn(c *net.UnixConn) {
 		msg := "bad request: " + err.Error()
 		var ne net.Error
 		if errors.As(err, &ne) && ne.Timeout() {
-			msg = fmt.Sprintf("bad request: no request within %s", requestTimeout)
+			msg = fmt.Sprintf("bad request: no request within %s", s.reqTimeout)
 		} else if errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) {
 			msg = fmt.Sprintf("bad request: incomplete or larger than %d bytes", maxRequestBytes)
 		}
