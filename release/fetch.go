@@ -281,8 +281,14 @@ func (s *Store) Fetch(ctx context.Context, req FetchRequest) (string, error) {
 	if err := syncFS(tree); err != nil {
 		return "", fail("fetch", subject, err)
 	}
+	// The digest goes first: a crash before the rename leaves an orphan
+	// digest, which Open removes; after it, the release has its digest.
+	if err := writeFileAtomic(s.digestPath(id), []byte(digest+"\n"), "digest"); err != nil {
+		return "", fail("fetch", subject, err)
+	}
 	step("rename")
 	if err := os.Rename(tree, s.Dir(id)); err != nil {
+		_ = os.Remove(s.digestPath(id))
 		if errors.Is(err, syscall.EEXIST) || errors.Is(err, syscall.ENOTEMPTY) {
 			return "", fail("fetch", subject, fmt.Errorf("%w: releases/%s", ErrExists, id))
 		}
@@ -291,9 +297,6 @@ func (s *Store) Fetch(ctx context.Context, req FetchRequest) (string, error) {
 	step("renamed")
 	if err := syncDir(filepath.Join(s.root, releasesDir)); err != nil {
 		return "", fail("fetch", subject, err)
-	}
-	if err := writeFileAtomic(s.digestPath(id), []byte(digest+"\n"), "digest"); err != nil {
-		s.log.Warn("Could not record release digest", "id", id, "err", err)
 	}
 	return id, nil
 }
