@@ -235,9 +235,9 @@ func runMasterRole() int {
 	}
 	self, _ := os.Executable()
 	m, err := NewMaster(Config{
-		Command: []string{self},
-		Workers: 2,
-		Env:     []string{"CLUSTER_TEST_ROLE=worker", "HELPER_MODE=" + os.Getenv("HELPER_MASTER_MODE")},
+		Command:   []string{self},
+		Workers:   2,
+		Env:       []string{"CLUSTER_TEST_ROLE=worker", "HELPER_MODE=" + os.Getenv("HELPER_MASTER_MODE")},
 		Readiness: Readiness{Timeout: 20 * time.Second},
 	}, socks)
 	if err != nil {
@@ -297,3 +297,5 @@ func waitFor(d time.Duration, cond func() bool) bool {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+func strconvItoa(i int) string { return strconv.Itoa(i) }

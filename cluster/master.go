@@ -328,6 +328,7 @@ func (m *Master) fail(g *generation, cause error, start time.Time) error {
 	// Verdicts are taken before the stop, which would blur them.
 	var failures []WorkerFailure
 	var procs []*proc
+	lt := listenTable{}
 	for _, e := range es {
 		if e.p == nil {
 			if e.err != nil {
@@ -341,7 +342,7 @@ func (m *Master) fail(g *generation, cause error, start time.Time) error {
 		}
 		failures = append(failures, WorkerFailure{
 			Worker: e.s.id, PID: e.p.pid, ExitStatus: e.p.exitStatus(),
-			Verdict: m.verdict(e.p, cause),
+			Verdict: m.verdict(e.p, cause, lt),
 		})
 		procs = append(procs, e.p)
 	}
@@ -413,8 +414,9 @@ func (m *Master) Shutdown(ctx context.Context) error {
 			}
 			<-stopped
 		}
-		// A Reload that registered a generation after the snapshot has
-		// stopped it itself (it saw closing); every generation is gone now.
+		m.mu.Lock()
+		m.gens, m.serving = nil, nil
+		m.mu.Unlock()
 		m.log.Debug("Generations stopped")
 		if err := m.watchdog.stop(); err != nil {
 			m.log.Warn("Watchdog", "err", err)

@@ -12,8 +12,6 @@ import (
 	"syscall"
 	"testing"
 	"time"
-
-	"github.com/handoff/handoff/loadgen"
 )
 
 // harness is one Master on one TCP socket of 127.0.0.1, with release
@@ -114,20 +112,13 @@ func (h *harness) pids() []int {
 }
 
 // load starts a keep-alive load on the harness socket.
-func (h *harness) load(conns int) *loadgen.Run {
-	h.t.Helper()
-	run, err := loadgen.Start(context.Background(), loadgen.Options{
-		Addr: h.addr, Conns: conns, KeepAlive: true, Duration: 2 * time.Minute, Timeout: 5 * time.Second,
-	})
-	if err != nil {
-		h.t.Fatal(err)
-	}
-	return run
+func (h *harness) load(conns int) *rawLoad {
+	return startRawLoad(h.addr, conns)
 }
 
 // assertClean stops the load and requires zero failures and zero stale
 // keep-alive errors (the helper workers drain gracefully).
-func assertClean(t *testing.T, run *loadgen.Run, allowStale bool) *loadgen.Result {
+func assertClean(t *testing.T, run *rawLoad, allowStale bool) loadResult {
 	t.Helper()
 	res := run.Stop()
 	t.Logf("load: %s bodies=%v", res, res.Bodies)
@@ -144,7 +135,7 @@ func assertClean(t *testing.T, run *loadgen.Run, allowStale bool) *loadgen.Resul
 }
 
 // waitOK waits until the load saw n more OK responses than now.
-func waitOK(t *testing.T, run *loadgen.Run, n int64) {
+func waitOK(t *testing.T, run *rawLoad, n int64) {
 	t.Helper()
 	base := run.Snapshot().OK
 	if !waitFor(10*time.Second, func() bool { return run.Snapshot().OK >= base+n }) {

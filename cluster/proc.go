@@ -45,16 +45,15 @@ type proc struct {
 	rErr   *os.File
 	bg     sync.WaitGroup // output and notify readers, readiness watcher
 
-	mu        sync.Mutex
-	readyAt   time.Time
-	readyHow  string
-	stopping  bool
-	deadline  time.Time
-	status    string // last STATUS= from sd_notify
-	lines     []string
-	state     *os.ProcessState
-	exitedAt  time.Time
-	ownListen []string // listening sockets of its own, seen while not ready
+	mu       sync.Mutex
+	readyAt  time.Time
+	readyHow string
+	stopping bool
+	deadline time.Time
+	status   string // last STATUS= from sd_notify
+	lines    []string
+	state    *os.ProcessState
+	exitedAt time.Time
 }
 
 // startProc starts worker `worker` of generation g.
@@ -251,7 +250,6 @@ func (p *proc) watchReadiness() {
 	interval := pollMin
 	t := time.NewTimer(0)
 	defer t.Stop()
-	foreignChecked := time.Now()
 	for {
 		select {
 		case <-t.C:
@@ -262,17 +260,6 @@ func (p *proc) watchReadiness() {
 		if u.touched {
 			p.markReady(u.how)
 			return
-		}
-		// Now and then look for a listening socket of its own, the sign of an
-		// app that ignores LISTEN_FDS; it goes into the failure verdict.
-		if time.Since(foreignChecked) > 500*time.Millisecond {
-			foreignChecked = time.Now()
-			fu := scanTree(p.pid, p.m.socks.isOurs, true)
-			if addrs := listeningAddrs(p.pid, fu.foreign); len(addrs) > 0 {
-				p.mu.Lock()
-				p.ownListen = addrs
-				p.mu.Unlock()
-			}
 		}
 		interval = min(interval*5/4+time.Millisecond/4, pollMax)
 		t.Reset(interval)

@@ -228,54 +228,89 @@ func epollHasOurs(fdinfo []byte, ours func(uint64) bool) bool {
 	return false
 }
 
+// listenTable maps listening socket inodes to their addresses, per network
+// namespace; /proc/net/tcp can be long on a busy box, so it is read once per
+// namespace and table.
+type listenTable map[string]map[uint64]string
+
 // listeningAddrs returns the listening addresses, as seen from pid's network
 // namespace, of those socket inodes that are listening sockets.
-func listeningAddrs(pid int, inodes []uint64) []string {
+func (t listenTable) listeningAddrs(pid int, inodes []uint64) []string {
 	if len(inodes) == 0 {
 		return nil
 	}
-	want := map[uint64]bool{}
-	for _, i := range inodes {
-		want[i] = true
+	base := "/proc/" + strconv.Itoa(pid)
+	ns, _ := os.Readlink(base + "/ns/net")
+	tab, ok := t[ns]
+	if !ok {
+		tab = readListening(base + "/net/")
+		t[ns] = tab
 	}
 	var out []string
-	base := "/proc/" + strconv.Itoa(pid) + "/net/"
-	for _, f := range []string{"tcp", "tcp6"} {
-		b, err := os.ReadFile(base + f)
-		if err != nil {
-			continue
-		}
-		lines := strings.Split(string(b), "\n")
-		for _, l := range lines[1:] {
-			fs := strings.Fields(l)
-			if len(fs) < 10 || fs[3] != "0A" {
-				continue
-			}
-			ino, err := strconv.ParseUint(fs[9], 10, 64)
-			if err == nil && want[ino] {
-				out = append(out, decodeProcAddr(fs[1]))
-			}
-		}
-	}
-	if b, err := os.ReadFile(base + "unix"); err == nil {
-		lines := strings.Split(string(b), "\n")
-		for _, l := range lines[1:] {
-			fs := strings.Fields(l)
-			// Num RefCount Protocol Flags Type St Inode [Path]; Flags 00010000 = listening.
-			if len(fs) < 7 || fs[3] != "00010000" {
-				continue
-			}
-			ino, err := strconv.ParseUint(fs[6], 10, 64)
-			if err == nil && want[ino] {
-				p := "(unnamed)"
-				if len(fs) > 7 {
-					p = fs[7]
-				}
-				out = append(out, "unix:"+p)
-			}
+	for _, ino := range inodes {
+		if a, ok := tab[ino]; ok {
+			out = append(out, a)
 		}
 	}
 	return out
+}
+
+func readListening(dir string) map[uint64]string {
+	tab := map[uint64]string{}
+	var fs [10][]byte
+	for _, f := range []string{"tcp", "tcp6"} {
+		b, err := os.ReadFile(dir + f)
+		if err != nil {
+			continue
+		}
+		for _, l := range bytes.Split(b, []byte{'\n'})[1:] {
+			// sl local rem st tx:rx tr:when retrnsmt uid timeout inode
+			if fieldsN(l, fs[:]) < 10 || string(fs[3]) != "0A" {
+				continue
+			}
+			if ino, err := strconv.ParseUint(string(fs[9]), 10, 64); err == nil {
+				tab[ino] = decodeProcAddr(string(fs[1]))
+			}
+		}
+	}
+	if b, err := os.ReadFile(dir + "unix"); err == nil {
+		var fs [8][]byte
+		for _, l := range bytes.Split(b, []byte{'\n'})[1:] {
+			// Num RefCount Protocol Flags Type St Inode [Path]; Flags 00010000 = listening.
+			n := fieldsN(l, fs[:])
+			if n < 7 || string(fs[3]) != "00010000" {
+				continue
+			}
+			if ino, err := strconv.ParseUint(string(fs[6]), 10, 64); err == nil {
+				p := "(unnamed)"
+				if n > 7 {
+					p = string(fs[7])
+				}
+				tab[ino] = "unix:" + p
+			}
+		}
+	}
+	return tab
+}
+
+// fieldsN splits l on spaces into at most len(fs) fields, returning how many.
+func fieldsN(l []byte, fs [][]byte) int {
+	n := 0
+	for i := 0; i < len(l) && n < len(fs); {
+		for i < len(l) && l[i] == ' ' {
+			i++
+		}
+		j := i
+		for j < len(l) && l[j] != ' ' {
+			j++
+		}
+		if j > i {
+			fs[n] = l[i:j]
+			n++
+		}
+		i = j
+	}
+	return n
 }
 
 // decodeProcAddr turns "0100007F:1F90" into "127.0.0.1:8080".

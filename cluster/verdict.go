@@ -15,7 +15,7 @@ var addrInUse = regexp.MustCompile(`(?i)EADDRINUSE|address already in use`)
 
 // verdict says in one line why p failed the reload, as far as the master can
 // tell from its exit, its output and /proc.
-func (m *Master) verdict(p *proc, cause error) string {
+func (m *Master) verdict(p *proc, cause error, lt listenTable) string {
 	lines := p.lastLines()
 	inUse := ""
 	for _, l := range lines {
@@ -49,14 +49,8 @@ func (m *Master) verdict(p *proc, cause error) string {
 	}
 	// Alive and not ready.
 	u := scanTree(p.pid, m.socks.isOurs, true)
-	if addrs := listeningAddrs(p.pid, u.foreign); len(addrs) > 0 {
+	if addrs := lt.listeningAddrs(p.pid, u.foreign); len(addrs) > 0 {
 		return VerdictOwnPort + ": listening on " + strings.Join(addrs, ", ")
-	}
-	p.mu.Lock()
-	own := p.ownListen
-	p.mu.Unlock()
-	if len(own) > 0 {
-		return VerdictOwnPort + ": listening on " + strings.Join(own, ", ")
 	}
 	if inUse != "" {
 		return VerdictOwnPort + ": EADDRINUSE in its output"
