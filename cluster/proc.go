@@ -250,13 +250,20 @@ func (p *proc) watchReadiness() {
 	interval := pollMin
 	t := time.NewTimer(0)
 	defer t.Stop()
+	lastFull := time.Now()
 	for {
 		select {
 		case <-t.C:
 		case <-p.exited:
 			return
 		}
-		u := scanTree(p.pid, p.m.socks.isOurs, false)
+		// Descendants with lower pids (after a pid wrap-around) are found
+		// by a full scan every fullScanEvery.
+		full := time.Since(lastFull) >= fullScanEvery
+		if full {
+			lastFull = time.Now()
+		}
+		u := scanTree(p.pid, p.m.socks.isOurs, false, !full)
 		if u.touched {
 			p.markReady(u.how)
 			return
@@ -270,6 +277,8 @@ func (p *proc) watchReadiness() {
 const (
 	pollMin = 2 * time.Millisecond
 	pollMax = 15 * time.Millisecond
+
+	fullScanEvery = 500 * time.Millisecond
 )
 
 // wait is the one goroutine that waits for the process.

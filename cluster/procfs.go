@@ -40,8 +40,9 @@ func readStat(pid int) (procStat, bool) {
 	return procStat{pid: pid, ppid: ppid, pgrp: pgrp, state: f[0][0]}, true
 }
 
-// allStats reads the stat of every process.
-func allStats() []procStat {
+// allStats reads the stat of every process, or with minPid > 0 only of
+// processes whose pid is at least minPid.
+func allStats(minPid int) []procStat {
 	d, err := os.Open("/proc")
 	if err != nil {
 		return nil
@@ -54,7 +55,7 @@ func allStats() []procStat {
 			continue
 		}
 		pid, err := strconv.Atoi(n)
-		if err != nil {
+		if err != nil || pid < minPid {
 			continue
 		}
 		if st, ok := readStat(pid); ok {
@@ -64,10 +65,17 @@ func allStats() []procStat {
 	return out
 }
 
-// processTree returns root and its live descendants, root first.
-func processTree(root int) []int {
+// processTree returns root and its live descendants, root first. With
+// recentOnly it reads only processes with a pid above root's, which is where
+// descendants are unless pids wrapped around since root started: cheap
+// enough to run on every readiness poll, with a full scan now and then.
+func processTree(root int, recentOnly bool) []int {
+	minPid := 0
+	if recentOnly {
+		minPid = root + 1
+	}
 	children := map[int][]int{}
-	for _, st := range allStats() {
+	for _, st := range allStats(minPid) {
 		if st.state != 'Z' {
 			children[st.ppid] = append(children[st.ppid], st.pid)
 		}
@@ -83,7 +91,7 @@ func processTree(root int) []int {
 // other than the leader pgid itself.
 func groupMembers(pgid int) []int {
 	var out []int
-	for _, st := range allStats() {
+	for _, st := range allStats(0) {
 		if st.pgrp == pgid && st.pid != pgid && st.state != 'Z' {
 			out = append(out, st.pid)
 		}
@@ -111,9 +119,9 @@ type socketUse struct {
 // scanTree looks at every process of root's tree and reports whether one of
 // them registered one of ours in epoll or blocks in accept on it. With
 // collectForeign it also gathers the other socket inodes of the tree.
-func scanTree(root int, ours func(uint64) bool, collectForeign bool) socketUse {
+func scanTree(root int, ours func(uint64) bool, collectForeign, recentOnly bool) socketUse {
 	var u socketUse
-	for _, pid := range processTree(root) {
+	for _, pid := range processTree(root, recentOnly) {
 		u.scanned++
 		scanPid(pid, ours, collectForeign, &u)
 		if u.touched && !collectForeign {

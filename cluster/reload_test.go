@@ -179,7 +179,7 @@ func TestMaster_RetireKillsGrandchild(t *testing.T) {
 	h := newHarness(t, Config{Workers: 1, DrainTimeout: 800 * time.Millisecond})
 	h.mustReload(h.release("gc", "HELPER_MODE="+modeGrandchild))
 	leader := h.pids()[0]
-	tree := processTree(leader)
+	tree := processTree(leader, false)
 	if len(tree) < 2 {
 		t.Fatalf("no grandchild under %d: %v", leader, tree)
 	}
