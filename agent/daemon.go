@@ -599,8 +599,8 @@ func (d *daemon) deploy(ctx context.Context, o *op) Message {
 			d.emit(o, "link", "done", "linked %s from shared/", strings.Join(d.cfg.Linked, ", "))
 		}
 		if err := d.runHooks(ctx, o, "pre-activate", d.cfg.Hooks.PreActivate, id, prev, ""); err != nil {
+			d.onFailure(ctx, o, id, prev, err.Error()) // in the release dir, before it goes
 			d.removeRelease(o, id)
-			d.onFailure(ctx, o, id, prev, err.Error())
 			return fail(codeFailed, "refused", err, "", nil)
 		}
 	}
