@@ -31,6 +31,8 @@ func TestMain(m *testing.M) {
 		os.Exit(runWorkerRole(os.Getenv("HELPER_MODE")))
 	case "master":
 		os.Exit(runMasterRole())
+	case "adopt":
+		os.Exit(runAdoptRole())
 	}
 	// Race-enabled helpers would sleep 1s at exit (atexit_sleep_ms).
 	os.Setenv("GORACE", "atexit_sleep_ms=0 "+os.Getenv("GORACE"))
@@ -299,3 +301,22 @@ func waitFor(d time.Duration, cond func() bool) bool {
 }
 
 func strconvItoa(i int) string { return strconv.Itoa(i) }
+
+// runAdoptRole opens sockets from ADOPT_SPECS ("name=addr,…", may be empty)
+// and prints their addresses and names as JSON.
+func runAdoptRole() int {
+	var specs []ListenSpec
+	for _, kv := range strings.Split(os.Getenv("ADOPT_SPECS"), ",") {
+		if n, a, ok := strings.Cut(kv, "="); ok {
+			specs = append(specs, ListenSpec{Name: n, Address: a})
+		}
+	}
+	socks, err := OpenSockets(specs, nil)
+	if err != nil {
+		fmt.Println(err)
+		return 1
+	}
+	defer socks.Close()
+	json.NewEncoder(os.Stdout).Encode(map[string][]string{"addrs": socks.Addrs(), "names": socks.Names()})
+	return 0
+}
