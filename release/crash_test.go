@@ -41,7 +41,7 @@ func TestStore_CrashConsistency(t *testing.T) {
 		if _, err := rs.Fetch(context.Background(), FetchRequest{URL: srv.URL + "/" + id + ".tgz", ID: id}); err != nil {
 			t.Fatal(err)
 		}
-		d, err := verifyTree(context.Background(), rs.Dir(id), limits{maxBytes: DefaultMaxBytes, maxFiles: DefaultMaxFiles})
+		d, err := verifyTree(context.Background(), rs.Dir(id), limits{maxBytes: DefaultMaxBytes, maxFiles: DefaultMaxFiles}, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -87,7 +87,7 @@ func TestStore_CrashConsistency(t *testing.T) {
 			if cur != tt.current {
 				t.Errorf("current = %s after kill at %s, want %s", cur, tt.step, tt.current)
 			}
-			got, err := verifyTree(context.Background(), filepath.Join(sb.root, "current"), limits{maxBytes: DefaultMaxBytes, maxFiles: DefaultMaxFiles})
+			got, err := verifyTree(context.Background(), filepath.Join(sb.root, "current"), limits{maxBytes: DefaultMaxBytes, maxFiles: DefaultMaxFiles}, nil)
 			if err != nil || got != want[cur] {
 				t.Errorf("current (%s) is not the complete release: %v", cur, err)
 			}
@@ -105,7 +105,7 @@ func TestStore_CrashConsistency(t *testing.T) {
 			// Every release on disk is complete; every digest has its release.
 			rels, _ := s2.Releases()
 			for _, id := range rels {
-				if d, err := verifyTree(context.Background(), s2.Dir(id), limits{maxBytes: DefaultMaxBytes, maxFiles: DefaultMaxFiles}); err != nil || d != want[id] {
+				if d, err := verifyTree(context.Background(), s2.Dir(id), limits{maxBytes: DefaultMaxBytes, maxFiles: DefaultMaxFiles}, nil); err != nil || d != want[id] {
 					t.Errorf("release %s on disk is incomplete: %v", id, err)
 				}
 			}

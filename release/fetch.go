@@ -228,6 +228,7 @@ func (s *Store) Fetch(ctx context.Context, req FetchRequest) (string, error) {
 	defer os.RemoveAll(staging)
 	tree := filepath.Join(staging, "tree")
 	lim := limits{maxBytes: s.opts.MaxBytes, maxFiles: s.opts.MaxFiles}
+	var known sums
 
 	if src.isDir {
 		if err := os.Mkdir(tree, 0o755); err != nil {
@@ -237,7 +238,7 @@ func (s *Store) Fetch(ctx context.Context, req FetchRequest) (string, error) {
 		if req.Progress != nil {
 			progress = func(done int64) { req.Progress(done, -1) }
 		}
-		if err := copyTree(ctx, src.local, tree, lim, progress); err != nil {
+		if known, err = copyTree(ctx, src.local, tree, lim, progress); err != nil {
 			return "", fail("copy", src.local, timedOut(err))
 		}
 	} else {
@@ -253,13 +254,13 @@ func (s *Store) Fetch(ctx context.Context, req FetchRequest) (string, error) {
 				return "", fail("fetch", subject, err)
 			}
 		} else {
-			if err := unpackFile(ctx, src.kind, archive, tree, lim); err != nil {
+			if known, err = unpackFile(ctx, src.kind, archive, tree, lim); err != nil {
 				return "", fail("unpack", src.base, timedOut(err))
 			}
 			_ = os.Remove(archive)
 		}
 	}
-	digest, err := verifyTree(ctx, tree, lim)
+	digest, err := verifyTree(ctx, tree, lim, known)
 	if err != nil {
 		return "", fail("unpack", src.base, timedOut(err))
 	}

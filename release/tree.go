@@ -22,8 +22,11 @@ const maxLinkHops = 40 // as the kernel's MAXSYMLINKS
 // would) to a point outside the tree; more than lim entries or bytes. It
 // returns a digest of the tree (paths, types, permissions, contents, link
 // targets) used to recognise identical content.
-func verifyTree(ctx context.Context, root string, lim limits) (string, error) {
-	v := &verifier{ctx: ctx, root: root, lim: lim, h: sha256.New()}
+//
+// known holds content hashes computed while the files were written; a
+// file not in it is read and hashed.
+func verifyTree(ctx context.Context, root string, lim limits, known sums) (string, error) {
+	v := &verifier{ctx: ctx, root: root, lim: lim, h: sha256.New(), known: known}
 	if err := v.walk(""); err != nil {
 		return "", err
 	}
@@ -40,6 +43,7 @@ type verifier struct {
 	files int
 	bytes int64
 	h     hash.Hash
+	known sums
 }
 
 func (v *verifier) walk(rel string) error {
@@ -73,9 +77,11 @@ func (v *verifier) walk(rel string) error {
 			if v.bytes > v.lim.maxBytes {
 				return &EntryError{Entry: r, Reason: fmt.Sprintf("release exceeds %d bytes unpacked", v.lim.maxBytes), Err: ErrTooLarge}
 			}
-			sum, err := hashFile(full)
-			if err != nil {
-				return err
+			sum := v.known[r]
+			if sum == "" {
+				if sum, err = hashFile(full); err != nil {
+					return err
+				}
 			}
 			fmt.Fprintf(v.h, "f %o %q %d %s\n", m.Perm(), r, fi.Size(), sum)
 		case m&fs.ModeSymlink != 0:
@@ -177,7 +183,7 @@ func resolveInside(root, rel string) error {
 // through the same extractor as archives: never following a symlink in
 // src (links are recreated, and must stay inside), refusing devices,
 // FIFOs and sockets, counting entries and bytes.
-func copyTree(ctx context.Context, src, dest string, lim limits, progress func(int64)) error {
+func copyTree(ctx context.Context, src, dest string, lim limits, progress func(int64)) (sums, error) {
 	x := newExtractor(ctx, dest, lim)
 	err := filepath.WalkDir(src, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
@@ -223,10 +229,10 @@ func copyTree(ctx context.Context, src, dest string, lim limits, progress func(i
 		}
 	})
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if x.files == 0 {
-		return reason(ErrBadArchive, "directory is empty")
+		return nil, reason(ErrBadArchive, "directory is empty")
 	}
-	return nil
+	return x.sums, nil
 }

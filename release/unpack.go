@@ -7,6 +7,8 @@ import (
 	"compress/bzip2"
 	"compress/gzip"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -70,11 +72,12 @@ type extractor struct {
 	files   int
 	bytes   int64
 	entries map[string]entryKind
-	written int // regular files, for the crash-test step
+	sums    map[string]string // sha256 of each regular file as written
+	written int               // regular files, for the crash-test step
 }
 
 func newExtractor(ctx context.Context, dest string, lim limits) *extractor {
-	return &extractor{ctx: ctx, dest: dest, lim: lim, entries: map[string]entryKind{}}
+	return &extractor{ctx: ctx, dest: dest, lim: lim, entries: map[string]entryKind{}, sums: map[string]string{}}
 }
 
 // clean turns an archive name into a relative slash path inside the
@@ -187,13 +190,15 @@ func (x *extractor) file(name string, mode fs.FileMode, r io.Reader) error {
 		return err
 	}
 	x.entries[rel] = kindFile
-	_, err = io.Copy(f, &countingReader{x: x, name: name, r: r})
+	h := sha256.New()
+	_, err = io.Copy(f, io.TeeReader(&countingReader{x: x, name: name, r: r}, h))
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
 	if err != nil {
 		return err
 	}
+	x.sums[rel] = hex.EncodeToString(h.Sum(nil))
 	x.written++
 	if x.written == 2 {
 		step("unpack")
@@ -295,6 +300,7 @@ func (x *extractor) hardlink(name, target string) error {
 		return err
 	}
 	x.entries[rel] = kindFile
+	x.sums[rel] = x.sums[trel]
 	return nil
 }
 
@@ -323,20 +329,24 @@ func badArchive(err error) error {
 	return reason(ErrBadArchive, "corrupt archive: "+err.Error())
 }
 
+// sums maps a regular file's slash path in the release to the sha256 of
+// what was written, so verifyTree need not read it back.
+type sums map[string]string
+
 // unpackFile unpacks the archive at src, of type kind (a key of
 // archiveKinds), into the existing empty directory dest.
-func unpackFile(ctx context.Context, kind, src, dest string, lim limits) error {
+func unpackFile(ctx context.Context, kind, src, dest string, lim limits) (sums, error) {
 	f, err := os.Open(src)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer f.Close()
 	fi, err := f.Stat()
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if fi.Size() == 0 {
-		return reason(ErrBadArchive, "archive file is empty (0 bytes)")
+		return nil, reason(ErrBadArchive, "archive file is empty (0 bytes)")
 	}
 	if archiveKinds[kind] == "zip" {
 		return unpackZip(ctx, f, fi.Size(), dest, lim)
@@ -345,13 +355,13 @@ func unpackFile(ctx context.Context, kind, src, dest string, lim limits) error {
 }
 
 // unpackTarStream unpacks a tar stream compressed as format says.
-func unpackTarStream(ctx context.Context, format string, r io.Reader, dest string, lim limits) error {
+func unpackTarStream(ctx context.Context, format string, r io.Reader, dest string, lim limits) (sums, error) {
 	switch format {
 	case "tar":
 	case "tar.gz":
 		zr, err := gzip.NewReader(r)
 		if err != nil {
-			return badArchive(err)
+			return nil, badArchive(err)
 		}
 		defer zr.Close()
 		r = zr
@@ -360,17 +370,17 @@ func unpackTarStream(ctx context.Context, format string, r io.Reader, dest strin
 	case "tar.zst":
 		zr, err := zstd.NewReader(r, zstd.WithDecoderConcurrency(1), zstd.WithDecoderLowmem(true), zstd.WithDecoderMaxMemory(zstdMaxWindow))
 		if err != nil {
-			return badArchive(err)
+			return nil, badArchive(err)
 		}
 		defer zr.Close()
 		r = zr
 	default:
-		return fmt.Errorf("%w %q", ErrUnsupportedArchive, format)
+		return nil, fmt.Errorf("%w %q", ErrUnsupportedArchive, format)
 	}
 	return unpackTar(ctx, r, dest, lim)
 }
 
-func unpackTar(ctx context.Context, r io.Reader, dest string, lim limits) error {
+func unpackTar(ctx context.Context, r io.Reader, dest string, lim limits) (sums, error) {
 	x := newExtractor(ctx, dest, lim)
 	tr := tar.NewReader(r)
 	for {
@@ -379,25 +389,25 @@ func unpackTar(ctx context.Context, r io.Reader, dest string, lim limits) error 
 			break
 		}
 		if err != nil && !errors.Is(err, tar.ErrInsecurePath) {
-			return badArchive(err)
+			return nil, badArchive(err)
 		}
 		if err := x.tarEntry(h, tr); err != nil {
-			return badArchive(err)
+			return nil, badArchive(err)
 		}
 	}
 	if err := x.empty(); err != nil {
-		return err
+		return nil, err
 	}
 	// Read what follows the end blocks, so a truncated or corrupt
 	// compression trailer is noticed; a little padding is normal.
 	n, err := io.Copy(io.Discard, io.LimitReader(r, maxTrailing+1))
 	if err != nil {
-		return badArchive(err)
+		return nil, badArchive(err)
 	}
 	if n > maxTrailing {
-		return reason(ErrBadArchive, "more than 1 MiB of data after the end of the tar archive")
+		return nil, reason(ErrBadArchive, "more than 1 MiB of data after the end of the tar archive")
 	}
-	return nil
+	return x.sums, nil
 }
 
 func (x *extractor) tarEntry(h *tar.Header, r io.Reader) error {
@@ -420,21 +430,21 @@ func (x *extractor) tarEntry(h *tar.Header, r io.Reader) error {
 	}
 }
 
-func unpackZip(ctx context.Context, ra io.ReaderAt, size int64, dest string, lim limits) error {
+func unpackZip(ctx context.Context, ra io.ReaderAt, size int64, dest string, lim limits) (sums, error) {
 	zr, err := zip.NewReader(ra, size)
 	if err != nil && !errors.Is(err, zip.ErrInsecurePath) {
-		return badArchive(err)
+		return nil, badArchive(err)
 	}
 	if len(zr.File) > lim.maxFiles {
-		return &EntryError{Entry: zr.File[lim.maxFiles].Name, Reason: fmt.Sprintf("more than %d entries", lim.maxFiles), Err: ErrTooLarge}
+		return nil, &EntryError{Entry: zr.File[lim.maxFiles].Name, Reason: fmt.Sprintf("more than %d entries", lim.maxFiles), Err: ErrTooLarge}
 	}
 	x := newExtractor(ctx, dest, lim)
 	for _, f := range zr.File {
 		if err := x.zipEntry(f); err != nil {
-			return badArchive(err)
+			return nil, badArchive(err)
 		}
 	}
-	return x.empty()
+	return x.sums, x.empty()
 }
 
 func (x *extractor) zipEntry(f *zip.File) error {
