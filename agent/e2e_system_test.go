@@ -1,0 +1,127 @@
+package main
+
+import (
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// TestE2E_permissionRefusal runs clients as other uids (setpriv): the
+// filesystem refuses a user outside the socket's group (exit 3), SO_PEERCRED
+// refuses a user who can reach the socket but is not allowed (exit 3, one
+// line, logged), and allow_uids lets one in.
+func TestE2E_permissionRefusal(t *testing.T) {
+	if os.Getuid() != 0 {
+		t.Skip("needs root to run clients as other uids")
+	}
+	setpriv, err := exec.LookPath("setpriv")
+	if err != nil {
+		t.Skip("setpriv not installed")
+	}
+	s := newSetup(t, "\n[control]\nallow_uids = [65533]\n")
+	v1 := s.art.app(t, "v1", nil)
+	p := s.start(nil)
+	// Make the socket's directory reachable for other users; the socket
+	// itself stays 0660 root:root.
+	for _, d := range []string{filepath.Dir(s.dir), s.dir, s.root, filepath.Dir(s.sock)} {
+		if err := os.Chmod(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	as := func(uid, gid int, args ...string) cliResult {
+		prefix := []string{setpriv, "--reuid=" + strconv.Itoa(uid), "--regid=" + strconv.Itoa(gid), "--clear-groups"}
+		return cliAs(t, nil, prefix, append([]string{args[0], "--socket", s.sock}, args[1:]...)...)
+	}
+
+	if r := as(65534, 65534, "status"); r.code != 3 || !strings.Contains(r.stderr, "permission denied") {
+		t.Errorf("outside the socket's group: want exit 3 permission denied, got %v", r)
+	}
+	r := as(65534, 0, "deploy", "--id", "v1", v1)
+	if r.code != 3 || !strings.Contains(r.stderr, "refused: uid 65534 (gid 0) may not use "+s.sock) || strings.Count(strings.TrimSpace(r.stderr), "\n") != 0 {
+		t.Errorf("not allowed: want exit 3 and one refusal line, got %v", r)
+	}
+	if !strings.Contains(p.log(), `msg="Refused control connection" uid=65534 gid=0`) {
+		t.Errorf("refusal not logged:\n%s", p.log())
+	}
+	if st := s.status(); st.Current != "" {
+		t.Errorf("a refused deploy changed current to %q", st.Current)
+	}
+	if r := as(65533, 0, "status"); r.code != 0 || !strings.Contains(r.stdout, "current") {
+		t.Errorf("allow_uids member: want exit 0, got %v", r)
+	}
+}
+
+// TestE2E_socketActivation: systemd-socket-activate binds the port, starts
+// the agent on the first connection and hands it the socket by name; that
+// first connection waits in the queue until the first deploy serves it.
+func TestE2E_socketActivation(t *testing.T) {
+	ssa, err := exec.LookPath("systemd-socket-activate")
+	if err != nil {
+		t.Skip("systemd-socket-activate not installed")
+	}
+	s := newSetup(t, "")
+	s.writeConfig(strings.Replace(mustRead(t, s.cfg), "address = \"127.0.0.1:0\"\n", "", 1))
+	v1 := s.art.app(t, "v1", nil)
+	port := freePort(t)
+	addr := "127.0.0.1:" + strconv.Itoa(port)
+	p := s.spawn(nil, ssa, "-l", addr, "--fdname=http")
+
+	type answer struct {
+		body string
+		err  error
+	}
+	first := make(chan answer, 1)
+	// systemd-socket-activate binds before it execs; retry until it listens.
+	go func() {
+		c := &http.Client{Timeout: 60 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			resp, err := c.Get("http://" + addr + "/")
+			if err != nil && time.Now().Before(deadline) && strings.Contains(err.Error(), "connection refused") {
+				time.Sleep(20 * time.Millisecond)
+				continue
+			}
+			if err != nil {
+				first <- answer{err: err}
+				return
+			}
+			b, err := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			first <- answer{body: strings.TrimSpace(string(b)), err: err}
+			return
+		}
+	}()
+	s.waitUp(p)
+	st := s.status()
+	if len(st.Listen) != 1 || !strings.Contains(st.Listen[0], strconv.Itoa(port)) {
+		t.Errorf("the agent did not adopt the activated socket: listen %v", st.Listen)
+	}
+	select {
+	case a := <-first:
+		t.Fatalf("the first request was answered before any deploy: %+v", a)
+	default:
+	}
+	s.mustDo("deploy", "--id", "v1", v1)
+	select {
+	case a := <-first:
+		if a.err != nil || a.body != "hello from v1" {
+			t.Errorf("the queued first request got %q, %v", a.body, a.err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the queued first request was never answered")
+	}
+	if got := get(t, addr); got != "hello from v1" {
+		t.Errorf("GET: %q", got)
+	}
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	if code := p.wait(30 * time.Second); code != 0 {
+		t.Errorf("exit code %d after SIGTERM\n%s", code, p.log())
+	}
+}
