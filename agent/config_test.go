@@ -8,6 +8,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/BurntSushi/toml"
 )
 
 // designExample is DESIGN.md's deploy.toml, verbatim.
@@ -188,3 +190,56 @@ func TestFindConfig(t *testing.T) {
 }
 
 func fileExists(p string) bool { _, err := os.Stat(p); return err == nil }
+
+// TestConfig_exampleDocumentsEveryKey parses ../deploy.toml.example and
+// checks that it sets every key the loader knows.
+func TestConfig_exampleDocumentsEveryKey(t *testing.T) {
+	b, err := os.ReadFile("../deploy.toml.example")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := parseConfig("deploy.toml.example", string(b)); err != nil {
+		t.Fatalf("the example does not load:\n%v", err)
+	}
+	md, err := toml.Decode(string(b), new(map[string]any))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var walk func(prefix []string, typ reflect.Type)
+	walk = func(prefix []string, typ reflect.Type) {
+		for i := 0; i < typ.NumField(); i++ {
+			f := typ.Field(i)
+			tag := f.Tag.Get("toml")
+			if tag == "" {
+				continue
+			}
+			key := append(append([]string{}, prefix...), tag)
+			if !md.IsDefined(key...) {
+				t.Errorf("deploy.toml.example lacks %s", strings.Join(key, "."))
+			}
+			ft := f.Type
+			if ft.Kind() == reflect.Slice && ft.Elem().Kind() == reflect.Struct {
+				ft = ft.Elem()
+				if l, ok := md.Keys(), true; ok && len(l) > 0 {
+					// Array of tables: check the fields on the first element.
+					for j := 0; j < ft.NumField(); j++ {
+						found := false
+						for _, k := range l {
+							if len(k) == 2 && k[0] == tag && k[1] == ft.Field(j).Tag.Get("toml") {
+								found = true
+							}
+						}
+						if !found {
+							t.Errorf("deploy.toml.example lacks %s.%s", tag, ft.Field(j).Tag.Get("toml"))
+						}
+					}
+				}
+				continue
+			}
+			if ft.Kind() == reflect.Struct && !strings.HasPrefix(ft.Name(), "t") {
+				walk(key, ft)
+			}
+		}
+	}
+	walk(nil, reflect.TypeOf(rawConfig{}))
+}
