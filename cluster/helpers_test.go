@@ -67,6 +67,9 @@ func runWorkerRole(mode string) int {
 		mode = os.Getenv("HELPER_MODE")
 	}
 	body := os.Getenv("DEPLOY_RELEASE_ID") + " " + os.Getenv("HELPER_BODY")
+	if w := os.Getenv("HELPER_CRASH_WORKER"); w != "" && w == os.Getenv("WORKER_ID") {
+		mode = modeCrash
+	}
 	switch mode {
 	case modeCrash:
 		fmt.Fprintln(os.Stderr, "boom: config missing")

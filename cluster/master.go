@@ -185,6 +185,9 @@ func (m *Master) Reload(ctx context.Context, spec GenerationSpec, events func(Re
 	m.log.Info("Reloading", "gen", g.id, "release", spec.ReleaseID, "dir", dir, "workers", m.cfg.Workers)
 
 	for _, s := range g.slots {
+		if chanClosed(m.closing) {
+			break // Shutdown began: start nothing more
+		}
 		p, err := m.startProc(g, s.id)
 		m.mu.Lock()
 		s.proc, s.startErr = p, err
@@ -269,6 +272,8 @@ func (m *Master) awaitQuorum(ctx context.Context, g *generation) error {
 			return nil
 		}
 		if exited > m.cfg.Workers-r.Quorum {
+			m.settle(ctx, g)
+			_, exited = m.counts(g)
 			return fmt.Errorf("%w (%d of %d exited, quorum %d)", ErrQuorumLost, exited, m.cfg.Workers, r.Quorum)
 		}
 		select {
@@ -282,6 +287,33 @@ func (m *Master) awaitQuorum(ctx context.Context, g *generation) error {
 		}
 	}
 }
+
+// settle gives the workers of a lost generation that are neither ready nor
+// exited up to quorumLostGrace to reach either, so that the error tells what
+// each of them did rather than "not ready" for those that were about to fail
+// the same way.
+func (m *Master) settle(ctx context.Context, g *generation) {
+	t := time.NewTimer(quorumLostGrace)
+	defer t.Stop()
+	for {
+		ready, exited := m.counts(g)
+		if ready+exited >= len(g.slots) {
+			return
+		}
+		select {
+		case <-g.changed:
+		case <-t.C:
+			return
+		case <-ctx.Done():
+			return
+		case <-m.closing:
+			return
+		}
+	}
+}
+
+// quorumLostGrace bounds settle.
+const quorumLostGrace = time.Second
 
 func (m *Master) probation(ctx context.Context, g *generation) error {
 	d := m.cfg.Readiness.Probation
