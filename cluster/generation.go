@@ -168,10 +168,10 @@ func (s *slot) watch(p *proc) {
 }
 
 // stop stops every worker: sig to each process group, SIGKILL to the group
-// at deadline. Workers that never got ready are killed at once when
-// killUnready is set (they never accepted a connection). It returns when
-// every slot goroutine is done and every process reaped.
-func (g *generation) stop(sig syscall.Signal, deadline time.Time, killUnready bool) {
+// at deadline. With unreadyDeadline set, workers that never got ready get
+// SIGKILL at that (earlier) time instead. It returns when every slot
+// goroutine is done and every process reaped.
+func (g *generation) stop(sig syscall.Signal, deadline, unreadyDeadline time.Time) {
 	m := g.m
 	m.mu.Lock()
 	select {
@@ -194,9 +194,8 @@ func (g *generation) stop(sig syscall.Signal, deadline time.Time, killUnready bo
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if killUnready && !p.isReady() {
-				p.kill()
-				<-p.done
+			if !unreadyDeadline.IsZero() && !p.isReady() {
+				p.stop(sig, unreadyDeadline)
 				return
 			}
 			p.stop(sig, deadline)

@@ -129,9 +129,11 @@ func (m *Master) setEmitter(f func(ReloadEvent)) {
 // timeout passes, so many new workers exit that the quorum cannot be met, a
 // new worker exits during probation, ctx ends before the new generation
 // serves, or the master is shut down. Then the new generation is stopped
-// (ready workers drained like a retiring generation, the others killed) before
-// Reload returns, and the old generation, never signalled, keeps serving. A
-// ctx that ends after cutover does not cut the drain of the old generation.
+// before Reload returns: ready workers are drained like a retiring
+// generation (up to DrainTimeout), workers that never got ready get
+// StopSignal and, in mode listen, 1s before SIGKILL. The old generation,
+// never signalled, keeps serving. A ctx that ends after cutover does not cut
+// the drain of the old generation.
 //
 // Reload while another Reload runs returns ErrBusy at once: refused, not
 // queued. After Shutdown it returns ErrClosed. An unusable spec.Dir returns
@@ -225,7 +227,7 @@ func (m *Master) Reload(ctx context.Context, spec GenerationSpec, events func(Re
 
 	if old != nil {
 		m.emit(ReloadEvent{Kind: "retiring", Generation: old.id})
-		old.stop(m.cfg.StopSignal, time.Now().Add(m.cfg.DrainTimeout), false)
+		old.stop(m.cfg.StopSignal, time.Now().Add(m.cfg.DrainTimeout), time.Time{})
 		m.removeGen(old)
 		m.emit(ReloadEvent{Kind: "retired", Generation: old.id})
 		m.log.Info("Generation retired", "gen", old.id)
@@ -312,8 +314,13 @@ func (m *Master) settle(ctx context.Context, g *generation) {
 	}
 }
 
-// quorumLostGrace bounds settle.
-const quorumLostGrace = time.Second
+const (
+	// quorumLostGrace bounds settle.
+	quorumLostGrace = time.Second
+	// unreadyGrace is how long a worker of a failed generation that never
+	// got ready (mode listen) may take to exit on StopSignal.
+	unreadyGrace = time.Second
+)
 
 func (m *Master) probation(ctx context.Context, g *generation) error {
 	d := m.cfg.Readiness.Probation
@@ -378,7 +385,15 @@ func (m *Master) fail(g *generation, cause error, start time.Time) error {
 		})
 		procs = append(procs, e.p)
 	}
-	g.stop(m.cfg.StopSignal, time.Now().Add(m.cfg.DrainTimeout), true)
+	// Ready workers may hold accepted connections: they are drained like a
+	// retiring generation. In mode listen a worker that is not ready never
+	// registered the socket for accepting, so it gets a short grace only.
+	now := time.Now()
+	unready := now.Add(m.cfg.DrainTimeout)
+	if m.cfg.Readiness.Mode == ModeListen {
+		unready = now.Add(min(m.cfg.DrainTimeout, unreadyGrace))
+	}
+	g.stop(m.cfg.StopSignal, now.Add(m.cfg.DrainTimeout), unready)
 	for i := range failures {
 		if p := procs[i]; p != nil {
 			failures[i].LastLines = p.lastLines()
@@ -431,7 +446,7 @@ func (m *Master) Shutdown(ctx context.Context) error {
 			var wg sync.WaitGroup
 			for _, g := range gens {
 				wg.Add(1)
-				go func() { defer wg.Done(); g.stop(m.cfg.StopSignal, deadline, false) }()
+				go func() { defer wg.Done(); g.stop(m.cfg.StopSignal, deadline, time.Time{}) }()
 			}
 			wg.Wait()
 			m.reloadWG.Wait()

@@ -108,12 +108,11 @@ var acceptSyscalls = map[string][2]int64{
 
 // socketUse is what one scan of a process found.
 type socketUse struct {
-	touched  bool     // one of ours is in an epoll set or accepted on
-	how      string   // "epoll" or "accept"
-	holds    bool     // holds one of ours in its fd table
-	foreign  []uint64 // socket inodes that are not ours
-	scanned  int      // processes scanned
-	tookPids []int
+	touched bool     // one of ours is in an epoll set or accepted on
+	how     string   // "epoll" or "accept"
+	holds   bool     // holds one of ours in its fd table
+	foreign []uint64 // socket inodes that are not ours
+	scanned int      // processes scanned
 }
 
 // scanTree looks at every process of root's tree and reports whether one of
@@ -176,7 +175,6 @@ func scanPid(pid int, ours func(uint64) bool, collectForeign bool, u *socketUse)
 		}
 		if epollHasOurs(b, ours) {
 			u.touched, u.how = true, "epoll"
-			u.tookPids = append(u.tookPids, pid)
 			return
 		}
 	}
@@ -206,7 +204,6 @@ func scanPid(pid int, ours func(uint64) bool, collectForeign bool, u *socketUse)
 		fd, err := strconv.ParseInt(strings.TrimPrefix(f[1], "0x"), 16, 64)
 		if err == nil && ourFds[fd] {
 			u.touched, u.how = true, "accept"
-			u.tookPids = append(u.tookPids, pid)
 			return
 		}
 	}
