@@ -22,10 +22,10 @@ func benchWorker(b *testing.B) (*Sockets, int) {
 	return socks, cmd.Process.Pid
 }
 
-func BenchmarkScanTree(b *testing.B) {
+func BenchmarkScanPidEpollOnly(b *testing.B) {
 	socks, pid := benchWorker(b)
 	for b.Loop() {
-		scanTree(pid, socks.isOurs, false, true)
+		scanPids([]int{pid}, socks.isOurs, false, false)
 	}
 }
 
@@ -33,7 +33,7 @@ func BenchmarkScanPid(b *testing.B) {
 	socks, pid := benchWorker(b)
 	for b.Loop() {
 		var u socketUse
-		scanPid(pid, socks.isOurs, false, &u)
+		scanPid(pid, socks.isOurs, false, true, &u)
 	}
 }
 

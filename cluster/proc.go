@@ -246,24 +246,31 @@ func (p *proc) watchReadiness() {
 		return
 	}
 	// listen: poll /proc, starting fast and backing off to pollMax, so that
-	// detection stays within pollMax of the app starting to accept.
+	// detection stays within pollMax of the app starting to accept. Each poll
+	// scans the known process tree; the tree itself is refreshed every
+	// treeEvery polls (processes newer than the worker) and fully every
+	// fullScanEvery (pid wrap-around). Threads blocked in accept are looked
+	// for on every poll in processes without epoll, every acceptEvery polls
+	// in the others.
 	interval := pollMin
 	t := time.NewTimer(0)
 	defer t.Stop()
 	lastFull := time.Now()
-	for {
+	var tree []int
+	for n := 0; ; n++ {
 		select {
 		case <-t.C:
 		case <-p.exited:
 			return
 		}
-		// Descendants with lower pids (after a pid wrap-around) are found
-		// by a full scan every fullScanEvery.
-		full := time.Since(lastFull) >= fullScanEvery
-		if full {
-			lastFull = time.Now()
+		if n%treeEvery == 0 {
+			full := time.Since(lastFull) >= fullScanEvery
+			if full {
+				lastFull = time.Now()
+			}
+			tree = processTree(p.pid, !full)
 		}
-		u := scanTree(p.pid, p.m.socks.isOurs, false, !full)
+		u := scanPids(tree, p.m.socks.isOurs, false, n%acceptEvery == 0)
 		if u.touched {
 			p.markReady(u.how)
 			return
@@ -278,6 +285,8 @@ const (
 	pollMin = 2 * time.Millisecond
 	pollMax = 15 * time.Millisecond
 
+	treeEvery     = 3
+	acceptEvery   = 4
 	fullScanEvery = 500 * time.Millisecond
 )
 

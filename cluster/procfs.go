@@ -118,11 +118,18 @@ type socketUse struct {
 // scanTree looks at every process of root's tree and reports whether one of
 // them registered one of ours in epoll or blocks in accept on it. With
 // collectForeign it also gathers the other socket inodes of the tree.
-func scanTree(root int, ours func(uint64) bool, collectForeign, recentOnly bool) socketUse {
+func scanTree(root int, ours func(uint64) bool, collectForeign bool) socketUse {
+	return scanPids(processTree(root, false), ours, collectForeign, true)
+}
+
+// scanPids is scanTree over a known list of processes. The threads' syscalls
+// (accept) are read for a process without an epoll fd, and for every
+// process when acceptAlways is set.
+func scanPids(pids []int, ours func(uint64) bool, collectForeign, acceptAlways bool) socketUse {
 	var u socketUse
-	for _, pid := range processTree(root, recentOnly) {
+	for _, pid := range pids {
 		u.scanned++
-		scanPid(pid, ours, collectForeign, &u)
+		scanPid(pid, ours, collectForeign, acceptAlways, &u)
 		if u.touched && !collectForeign {
 			return u
 		}
@@ -130,7 +137,7 @@ func scanTree(root int, ours func(uint64) bool, collectForeign, recentOnly bool)
 	return u
 }
 
-func scanPid(pid int, ours func(uint64) bool, collectForeign bool, u *socketUse) {
+func scanPid(pid int, ours func(uint64) bool, collectForeign, acceptAlways bool, u *socketUse) {
 	base := "/proc/" + strconv.Itoa(pid)
 	d, err := os.Open(base + "/fd")
 	if err != nil {
@@ -179,7 +186,7 @@ func scanPid(pid int, ours func(uint64) bool, collectForeign bool, u *socketUse)
 		}
 	}
 	nrs, ok := acceptSyscalls[runtime.GOARCH]
-	if !ok {
+	if !ok || (len(epolls) > 0 && !acceptAlways) {
 		return
 	}
 	tasks, err := os.Open(base + "/task")

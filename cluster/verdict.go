@@ -48,7 +48,7 @@ func (m *Master) verdict(p *proc, cause error, lt listenTable) string {
 		}
 	}
 	// Alive and not ready.
-	u := scanTree(p.pid, m.socks.isOurs, true, false)
+	u := scanTree(p.pid, m.socks.isOurs, true)
 	if addrs := lt.listeningAddrs(p.pid, u.foreign); len(addrs) > 0 {
 		return VerdictOwnPort + ": listening on " + strings.Join(addrs, ", ")
 	}
