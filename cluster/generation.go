@@ -53,6 +53,7 @@ type slot struct {
 	state    string
 	restarts int
 	lastExit string
+	backoff  time.Duration
 }
 
 func (g *generation) signal() {
@@ -111,7 +112,7 @@ func (s *slot) run(p *proc, err error) {
 		}
 		consecutive++
 		m.mu.Lock()
-		s.state = WorkerBackoff
+		s.state, s.backoff = WorkerBackoff, delay
 		m.mu.Unlock()
 		m.log.Info("Restarting worker", "gen", s.g.id, "worker", s.id, "in", delay)
 		t := time.NewTimer(delay)

@@ -140,39 +140,32 @@ func TestMaster_RestartPinned(t *testing.T) {
 func TestMaster_CrashLoopBackoff(t *testing.T) {
 	h := newHarness(t, Config{Workers: 1, BackoffMin: 50 * time.Millisecond, BackoffMax: 400 * time.Millisecond})
 	h.mustReload(h.release("loop", "HELPER_MODE="+modeListenCrash, "HELPER_CRASH_AFTER=100ms"))
-	var starts []time.Time
-	last := -1
+	var backoffs []time.Duration
 	deadline := time.Now().Add(3 * time.Second)
-	sawBackoff := false
 	for time.Now().Before(deadline) {
 		w := h.m.Status().Generations[0].Workers[0]
-		if w.Restarts != last {
-			last = w.Restarts
-			starts = append(starts, time.Now())
+		if w.State == WorkerBackoff && (len(backoffs) == 0 || w.Backoff != backoffs[len(backoffs)-1]) {
+			backoffs = append(backoffs, w.Backoff)
 		}
-		sawBackoff = sawBackoff || w.State == WorkerBackoff
-		time.Sleep(5 * time.Millisecond)
+		time.Sleep(2 * time.Millisecond)
 	}
 	w := h.m.Status().Generations[0].Workers[0]
-	t.Logf("restarts=%d last_exit=%q gaps=%v", w.Restarts, w.LastExit, gaps(starts))
+	t.Logf("restarts=%d last_exit=%q backoffs seen=%v", w.Restarts, w.LastExit, backoffs)
 	if w.Restarts < 3 || w.Restarts > 9 {
 		t.Errorf("%d restarts in 3s with backoff 50ms..400ms", w.Restarts)
 	}
-	if !sawBackoff || !strings.Contains(w.LastExit, "exit status 4") {
-		t.Errorf("status %+v, backoff seen %v", w, sawBackoff)
+	if !strings.Contains(w.LastExit, "exit status 4") {
+		t.Errorf("status %+v", w)
 	}
-	g := gaps(starts)
-	if len(g) >= 4 && g[len(g)-1] < g[1] {
-		t.Errorf("gaps do not grow: %v", g)
+	want := []time.Duration{50 * time.Millisecond, 100 * time.Millisecond, 200 * time.Millisecond, 400 * time.Millisecond}
+	if len(backoffs) < 3 {
+		t.Fatalf("backoffs seen %v", backoffs)
 	}
-}
-
-func gaps(ts []time.Time) []time.Duration {
-	var out []time.Duration
-	for i := 1; i < len(ts); i++ {
-		out = append(out, ts[i].Sub(ts[i-1]).Round(10*time.Millisecond))
+	for i, d := range backoffs {
+		if i < len(want) && d != want[i] {
+			t.Errorf("backoff %d = %s, want %s (all: %v)", i, d, want[i], backoffs)
+		}
 	}
-	return out
 }
 
 // Shutdown drains, then kills what does not exit by the deadline, and reaps

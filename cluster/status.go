@@ -24,9 +24,10 @@ type WorkerStatus struct {
 	PID      int           `json:"pid"`   // current or last process
 	State    string        `json:"state"` // WorkerStarting, WorkerReady, WorkerExited, WorkerBackoff, WorkerStopping
 	Restarts int           `json:"restarts"`
-	Uptime   time.Duration `json:"uptime_ns"`           // of the running process, 0 when none runs
-	LastExit string        `json:"last_exit,omitempty"` // how the previous process ended
-	Status   string        `json:"status,omitempty"`    // last sd_notify STATUS=
+	Uptime   time.Duration `json:"uptime_ns"`            // of the running process, 0 when none runs
+	LastExit string        `json:"last_exit,omitempty"`  // how the previous process ended
+	Status   string        `json:"status,omitempty"`     // last sd_notify STATUS=
+	Backoff  time.Duration `json:"backoff_ns,omitempty"` // delay before the next restart, in state WorkerBackoff
 }
 
 // Status returns a snapshot of the generations and their workers.
@@ -39,6 +40,9 @@ func (m *Master) Status() Status {
 		gs := GenerationStatus{ID: g.id, ReleaseID: g.spec.ReleaseID, Dir: g.dir, State: g.state, Started: g.created}
 		for _, s := range g.slots {
 			ws := WorkerStatus{ID: s.id, State: s.state, Restarts: s.restarts, LastExit: s.lastExit}
+			if s.state == WorkerBackoff {
+				ws.Backoff = s.backoff
+			}
 			if p := s.proc; p != nil {
 				ws.PID = p.pid
 				p.mu.Lock()
