@@ -1,0 +1,339 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/handoff/handoff/loadgen"
+)
+
+type bench struct {
+	logger    *slog.Logger
+	procs     *procs
+	artifacts *artifactServer
+	cleanups  []func() // run in reverse order at the end, whatever happened
+
+	work, fixtures                     string
+	node, agent, pm2, socketActivate   string
+	conns, workers                     int
+	readyTimeout                       time.Duration
+	warm, baseline, first, every, tail time.Duration
+	rounds, bootRuns                   int // baseline rounds; boot time samples
+	reloads                            int
+	gen                                int // generations brought up so far, for distinct bodies
+	only                               map[string]bool
+}
+
+func (b *bench) fixture(name string) string { return filepath.Join(b.fixtures, name) }
+
+func main() {
+	os.Exit(run())
+}
+
+func run() int {
+	var (
+		quick   = flag.Bool("quick", false, "short run (about 2 minutes): fewer reloads, shorter phases")
+		outDir  = flag.String("out", "bench/results", "where <date>.json and latest.md go")
+		work    = flag.String("work", "", "scratch directory (default: a new temp dir, removed at the end)")
+		only    = flag.String("only", "", "comma-separated managers to run (alone,cluster-master,pm2,handoff); default all")
+		verbose = flag.Bool("v", false, "debug logging")
+		reloads = flag.Int("reloads", 0, "reloads per reload row (default 10, quick 2)")
+	)
+	b := &bench{}
+	flag.StringVar(&b.agent, "agent", "", "agent binary (required for the handoff rows)")
+	flag.StringVar(&b.pm2, "pm2", "", "pm2 executable (required for the pm2 rows)")
+	flag.StringVar(&b.node, "node", "node", "node executable")
+	flag.StringVar(&b.socketActivate, "socket-activate", "systemd-socket-activate", "systemd-socket-activate executable")
+	flag.StringVar(&b.fixtures, "fixtures", "bench/fixtures", "directory with app.js, cluster-master.js, broken.js")
+	flag.IntVar(&b.conns, "conns", 32, "concurrent load connections")
+	flag.IntVar(&b.workers, "workers", 2, "app workers under every manager")
+	flag.Parse()
+
+	level := slog.LevelInfo
+	if *verbose {
+		level = slog.LevelDebug
+	}
+	b.logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	b.warm, b.baseline, b.rounds, b.first, b.every, b.tail, b.reloads, b.bootRuns, b.readyTimeout =
+		2*time.Second, 4*time.Second, 3, 1500*time.Millisecond, 3*time.Second, 1500*time.Millisecond, 10, 3, 5*time.Second
+	if *quick {
+		b.warm, b.baseline, b.rounds, b.first, b.tail, b.reloads, b.bootRuns, b.readyTimeout =
+			500*time.Millisecond, 2*time.Second, 1, time.Second, time.Second, 2, 1, 3*time.Second
+	}
+	if *reloads > 0 {
+		b.reloads = *reloads
+	}
+	if *only != "" {
+		b.only = map[string]bool{}
+		for _, s := range strings.Split(*only, ",") {
+			b.only[strings.TrimSpace(s)] = true
+		}
+	}
+	var err error
+	if b.fixtures, err = filepath.Abs(b.fixtures); err != nil {
+		b.logger.Error("Fixtures", "err", err)
+		return 2
+	}
+	for _, p := range []*string{&b.node, &b.socketActivate, &b.agent, &b.pm2} {
+		if *p != "" {
+			if abs, err := lookPathAbs(*p); err == nil {
+				*p = abs
+			}
+		}
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+
+	if *work == "" {
+		if *work, err = os.MkdirTemp("", "handoff-bench."); err != nil {
+			b.logger.Error("Scratch dir", "err", err)
+			return 1
+		}
+		defer os.RemoveAll(*work)
+	}
+	b.work = *work
+	logDir := filepath.Join(b.work, "logs")
+	if err := os.MkdirAll(logDir, 0o755); err != nil {
+		b.logger.Error("Scratch dir", "err", err)
+		return 1
+	}
+	b.procs = &procs{logDir: logDir, logger: b.logger}
+	defer b.procs.stopAll()
+	defer func() {
+		for i := len(b.cleanups) - 1; i >= 0; i-- {
+			b.cleanups[i]()
+		}
+	}()
+	if b.artifacts, err = newArtifactServer(); err != nil {
+		b.logger.Error("Artifacts", "err", err)
+		return 1
+	}
+	defer b.artifacts.close()
+
+	start := time.Now()
+	res := b.collect(ctx, *quick)
+	res.Seconds = time.Since(start).Seconds()
+	if ctx.Err() != nil {
+		b.logger.Error("Interrupted; nothing written")
+		return 130
+	}
+	evaluate(res)
+	if err := writeResults(*outDir, res); err != nil {
+		b.logger.Error("Write results", "err", err)
+		return 1
+	}
+	fmt.Print(renderTargets(res))
+	b.logger.Info("Done", "seconds", int(res.Seconds), "out", *outDir, "logs_kept", *work != "" && !strings.HasPrefix(b.work, os.TempDir()))
+	if len(res.Errors) > 0 {
+		for _, e := range res.Errors {
+			b.logger.Error("Bench error", "err", e)
+		}
+		return 1
+	}
+	return 0
+}
+
+func (b *bench) want(name string) bool { return b.only == nil || b.only[name] }
+
+// collect runs every row. All managers are started first and stay up, idle
+// while another is measured, so that the baseline rows of all of them run
+// back to back (the anchors drift with the machine's other load) and each
+// manager's reload rows run with the others idle. A manager that fails is
+// recorded in Errors and the run goes on without it.
+func (b *bench) collect(ctx context.Context, quick bool) *Results {
+	res := newResults(b, quick)
+	fail := func(what string, err error) {
+		if err != nil && ctx.Err() == nil {
+			res.Errors = append(res.Errors, fmt.Sprintf("%s: %v", what, err))
+			b.logger.Error("Failed", "what", what, "err", err)
+		}
+	}
+	boot, err := b.measureBoot(ctx, b.bootRuns)
+	fail("app boot", err)
+	res.AppBootMS = ms(boot)
+	b.logger.Info("App boot", "ms", res.AppBootMS)
+
+	var all []manager
+	var handoff *handoffMgr
+	if b.want("alone") && ctx.Err() == nil {
+		m, err := b.startAlone(ctx)
+		fail("alone", err)
+		if err == nil {
+			all = append(all, m)
+			defer m.stop()
+		}
+	}
+	if b.want("handoff") && ctx.Err() == nil {
+		m, err := b.startHandoff(ctx, "main", nil)
+		fail("handoff", err)
+		if err == nil {
+			all = append(all, m)
+			handoff = m
+			defer m.stop()
+		}
+	}
+	if b.want("cluster-master") && ctx.Err() == nil {
+		m, err := b.startCluster(ctx)
+		fail("cluster-master", err)
+		if err == nil {
+			all = append(all, m)
+			defer m.stop()
+		}
+	}
+	if b.want("pm2") && ctx.Err() == nil {
+		if b.pm2 == "" {
+			fail("pm2", errors.New("no pm2 executable (-pm2)"))
+		} else {
+			m, err := b.startPM2(ctx)
+			fail("pm2", err)
+			if err == nil {
+				all = append(all, m)
+				defer m.stop()
+			}
+		}
+	}
+	for _, m := range all {
+		b.warmUp(ctx, m)
+	}
+	modes := []string{modeKeepAlive, modeNewConn}
+	// Baselines in rounds, each round visiting every manager, so that a
+	// burst of other work on the machine hits all of them alike.
+	rounds := map[string][]Row{}
+	for round := 0; round < b.rounds && ctx.Err() == nil; round++ {
+		for _, mode := range modes {
+			for _, m := range all {
+				row := &Row{Scenario: "baseline", Mode: mode}
+				fail(m.name(), b.runRow(ctx, m, row, rowPlan{steady: b.baseline}))
+				key := m.name() + "/" + mode
+				rounds[key] = append(rounds[key], *row)
+			}
+		}
+	}
+	if ctx.Err() != nil {
+		return res
+	}
+	for _, mode := range modes {
+		for _, m := range all {
+			if rs := rounds[m.name()+"/"+mode]; len(rs) > 0 {
+				res.Rows = append(res.Rows, mergeRounds(rs))
+			}
+		}
+	}
+	for _, m := range all {
+		if m.name() == "alone" && ctx.Err() == nil {
+			// The app's boot time again, with the machine as busy as during
+			// a reload: a keep-alive load on the app alone meanwhile.
+			boot, err := b.bootUnderLoad(ctx, m)
+			fail("app boot under load", err)
+			res.AppBootUnderLoadMS = ms(boot)
+			b.logger.Info("App boot under load", "ms", res.AppBootUnderLoadMS)
+		}
+	}
+	for _, m := range all {
+		if m.name() == "alone" {
+			continue
+		}
+		for _, mode := range modes {
+			fail(m.name(), b.addRow(ctx, res, m, &Row{Scenario: "reloads", Mode: mode}, b.reloadPlan(m)))
+		}
+	}
+	for _, m := range all {
+		if m != manager(handoff) {
+			m.stop() // leave the machine to the handoff extras
+		}
+	}
+	if handoff != nil && ctx.Err() == nil {
+		b.handoffExtras(ctx, res, handoff, quick, fail)
+	}
+	return res
+}
+
+// handoffExtras: a failed deploy and a rollback under load, the agent
+// restarted under a socket unit, and Node's default shutdown beside the
+// graceful one.
+func (b *bench) handoffExtras(ctx context.Context, res *Results, m *handoffMgr, quick bool, fail func(string, error)) {
+	modes := []string{modeKeepAlive, modeNewConn}
+	if quick {
+		modes = modes[:1]
+	}
+	for _, mode := range modes {
+		fail("handoff failed deploy", b.addRow(ctx, res, m, &Row{Scenario: "failed-deploy", Mode: mode}, b.onePlan(m.failedDeploy())))
+		fail("handoff rollback", b.addRow(ctx, res, m, &Row{Scenario: "rollback", Mode: mode}, b.onePlan(m.rollbackAction())))
+	}
+	// The same release root, now under a socket unit: the bench holds the
+	// socket as systemd would, systemd-socket-activate hands it to the agent.
+	m.stop()
+	err := m.startAgent(ctx, true)
+	fail("handoff under systemd-socket-activate", err)
+	if err == nil {
+		fail("handoff", waitServing(ctx, m.addr(), 15*time.Second, nil))
+		for _, mode := range modes {
+			fail("handoff agent restart", b.addRow(ctx, res, m, &Row{Scenario: "agent-restart", Mode: mode}, b.onePlan(m.restartAction())))
+		}
+	}
+	m.stop()
+	// Node's default shutdown beside the graceful one (issue 7): the same
+	// reloads in keep-alive mode, counting stale keep-alive.
+	if ctx.Err() != nil {
+		return
+	}
+	d, err := b.startHandoff(ctx, "default", map[string]string{"HANDOFF_EXAMPLE_SHUTDOWN": "default"})
+	fail("handoff default shutdown", err)
+	if err == nil {
+		b.warmUp(ctx, d)
+		fail("handoff default shutdown", b.addRow(ctx, res, d, &Row{Scenario: "reloads", Mode: modeKeepAlive, Shutdown: "default"}, b.reloadPlan(d)))
+		d.stop()
+	}
+}
+
+func (b *bench) addRow(ctx context.Context, res *Results, m manager, row *Row, plan rowPlan) error {
+	err := b.runRow(ctx, m, row, plan)
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	res.Rows = append(res.Rows, *row)
+	return err
+}
+
+func (b *bench) reloadPlan(m manager) rowPlan {
+	p := rowPlan{first: b.first, every: b.every, tail: b.tail}
+	for i := 0; i < b.reloads; i++ {
+		b.gen++
+		p.actions = append(p.actions, m.reload(b.gen))
+	}
+	return p
+}
+
+func (b *bench) onePlan(a action) rowPlan {
+	return rowPlan{first: time.Second, every: b.every, tail: b.tail, actions: []action{a}}
+}
+
+func (b *bench) bootUnderLoad(ctx context.Context, m manager) (time.Duration, error) {
+	run, err := loadgen.Start(ctx, loadgen.Options{Addr: m.addr(), Conns: b.conns, KeepAlive: true})
+	if err != nil {
+		return 0, err
+	}
+	defer run.Stop()
+	sleepCtx(ctx, 500*time.Millisecond)
+	return b.measureBoot(ctx, b.bootRuns)
+}
+
+// warmUp loads m briefly so the JIT and the connection paths are warm
+// before anything is measured.
+func (b *bench) warmUp(ctx context.Context, m manager) {
+	run, err := loadgen.Start(ctx, loadgen.Options{Addr: m.addr(), Conns: b.conns, KeepAlive: true})
+	if err == nil {
+		sleepCtx(ctx, b.warm)
+		run.Stop()
+	}
+}

@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# The zero-downtime benchmark, side by side, in one command: the same sample
+# Node app (bench/fixtures/app.js, 2 workers) alone, under handoff (`agent
+# run` + `agent deploy` every 3 s), under a seed-style cluster master
+# (bench/fixtures/cluster-master.js, SIGHUP) and under pm2 cluster mode
+# (`pm2 reload`), each with keep-alive and new-connection load, plus handoff
+# under a failed deploy, a rollback and an agent restart behind
+# systemd-socket-activate. Results: bench/results/<date>.json and
+# bench/results/latest.md.
+#
+#   scripts/bench.sh            # about 7 minutes (bounded at 10)
+#   scripts/bench.sh --quick    # about 2 minutes, 2 reloads per row
+#
+# Everything runs on 127.0.0.1, in a temp dir removed at the end (kept, and
+# its path printed, when the run fails). pm2 is installed from the npm
+# registry into that temp dir at a pinned version; PM2_HOME is private to it.
+# Other flags go to cmd/bench (see `go run ./cmd/bench -h`).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PM2_VERSION=7.0.4
+
+args=()
+for a in "$@"; do
+	case "$a" in
+	--quick) args+=(-quick) ;;
+	*) args+=("$a") ;;
+	esac
+done
+
+for tool in node npm systemd-socket-activate; do
+	if ! command -v "$tool" >/dev/null; then
+		bash scripts/install-deps.sh
+		break
+	fi
+done
+
+tmp=$(mktemp -d /tmp/handoff-bench.XXXXXX)
+ok=0
+pm2="$tmp/pm2/node_modules/.bin/pm2"
+# cmd/bench stops and reaps everything it started, on errors and on Ctrl-C
+# too. This is the net under it, for a bench that was itself killed: every
+# process group it started (logs/children.pids: "pid starttime", checked so
+# that a reused pid is never hit) and pm2's daemon.
+reap() {
+	local pids="$tmp/work/logs/children.pids" pid start stat rest
+	if [ -d "$tmp/work/pm2-home" ] && [ -x "$pm2" ] && [ -s "$tmp/work/pm2-home/pm2.pid" ] &&
+		kill -0 "$(cat "$tmp/work/pm2-home/pm2.pid")" 2>/dev/null; then
+		PM2_HOME="$tmp/work/pm2-home" PM2_DISABLE_VERSION_CHECK=1 timeout 20 "$pm2" kill >/dev/null 2>&1 || true
+	fi
+	[ -f "$pids" ] || return 0
+	while read -r pid start; do
+		stat=$(cat "/proc/$pid/stat" 2>/dev/null) || continue
+		rest=${stat##*) }
+		# shellcheck disable=SC2086
+		set -- $rest
+		[ "${20}" = "$start" ] || continue
+		kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
+	done <"$pids"
+}
+cleanup() {
+	reap
+	if [ "$ok" = 1 ]; then
+		rm -rf "$tmp"
+	else
+		echo "bench did not finish; logs kept in $tmp/work/logs" >&2
+	fi
+}
+trap cleanup EXIT
+
+echo "== building agent and cmd/bench"
+go build -o "$tmp/bin/agent" ./agent
+go build -o "$tmp/bin/bench" ./cmd/bench
+
+echo "== installing pm2@$PM2_VERSION into $tmp/pm2"
+npm install --prefix "$tmp/pm2" --no-audit --no-fund --no-save --loglevel=error "pm2@$PM2_VERSION" >/dev/null
+
+echo "== running the benchmark"
+mkdir -p "$tmp/work"
+"$tmp/bin/bench" \
+	-agent "$tmp/bin/agent" \
+	-pm2 "$pm2" \
+	-fixtures bench/fixtures \
+	-out bench/results \
+	-work "$tmp/work" \
+	"${args[@]}"
+ok=1
+echo "== results in bench/results/latest.md"
