@@ -39,6 +39,7 @@ class HandoffGrace
     def fire(hook, *args)
       if hook == :state && args.first == :stop && !HandoffGrace.stopping
         HandoffGrace.stopping = true
+        $stderr.puts "handoff-grace: stopping, serving idle connections #{GRACE}s more with Connection: close"
         sleep GRACE
       end
       super
