@@ -165,7 +165,7 @@ func clientOp(cf *clientFlags, req Request, asJSON bool) int {
 		enc.Encode(res)
 		return exitCodeFor(res.Code)
 	}
-	r := newRenderer(os.Stdout)
+	r := newRenderer(os.Stdout, isTerminal(os.Stdout))
 	res, code := clientCall(cf, req, r.event)
 	r.close()
 	if code == exitOK {
@@ -282,8 +282,8 @@ type renderer struct {
 	done chan struct{}
 }
 
-func newRenderer(f *os.File) *renderer {
-	r := &renderer{w: f, tty: isTerminal(f), stop: make(chan struct{}), done: make(chan struct{})}
+func newRenderer(w io.Writer, tty bool) *renderer {
+	r := &renderer{w: w, tty: tty, stop: make(chan struct{}), done: make(chan struct{})}
 	if !r.tty {
 		close(r.done)
 		return r
