@@ -379,9 +379,12 @@ func (m *Master) fail(g *generation, cause error, start time.Time) error {
 		if !chanClosed(e.p.done) && e.p.isReady() {
 			continue // it did its part
 		}
+		verdict := "stopped by shutdown"
+		if !errors.Is(cause, ErrClosed) {
+			verdict = m.verdict(e.p, cause, lt)
+		}
 		failures = append(failures, WorkerFailure{
-			Worker: e.s.id, PID: e.p.pid, ExitStatus: e.p.exitStatus(),
-			Verdict: m.verdict(e.p, cause, lt),
+			Worker: e.s.id, PID: e.p.pid, ExitStatus: e.p.exitStatus(), Verdict: verdict,
 		})
 		procs = append(procs, e.p)
 	}

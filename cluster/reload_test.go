@@ -53,7 +53,7 @@ func TestMaster_ReloadFailsOldServes(t *testing.T) {
 	}{
 		{
 			name: "never-listens", env: []string{"HELPER_MODE=" + modeNever},
-			readiness: Readiness{Timeout: 700 * time.Millisecond},
+			readiness: Readiness{Timeout: 3 * time.Second},
 			cause:     ErrReadinessTimeout, verdict: VerdictNeverTouched, lines: "not listening, on purpose",
 			maxAfter: 5 * time.Second,
 		},
@@ -75,7 +75,7 @@ func TestMaster_ReloadFailsOldServes(t *testing.T) {
 		},
 		{
 			name: "own-port-listening", env: []string{"HELPER_MODE=" + modeOwnPortHang},
-			readiness: Readiness{Timeout: 1500 * time.Millisecond},
+			readiness: Readiness{Timeout: 3 * time.Second},
 			cause:     ErrReadinessTimeout, verdict: VerdictOwnPort + ": listening on 127.0.0.1:", lines: "listening on",
 			maxAfter: 6 * time.Second,
 		},
@@ -212,7 +212,7 @@ func TestMaster_ReloadBusyAndClosed(t *testing.T) {
 		t.Errorf("concurrent Reload: %v, want ErrBusy", err)
 	}
 	// Shutdown during a reload fails it with ErrClosed.
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	if err := h.m.Shutdown(ctx); err != nil {
 		t.Errorf("Shutdown: %v", err)
