@@ -341,15 +341,17 @@ func (p *proc) settleGroup() {
 		if !stopping || !time.Now().Before(deadline) {
 			break
 		}
-		if len(groupMembers(p.pid)) == 0 {
+		// A cheap scan of newer pids while members remain; a full one to
+		// be sure the group is empty.
+		if len(groupMembers(p.pid, true)) == 0 && len(groupMembers(p.pid, false)) == 0 {
 			return
 		}
 		select {
-		case <-time.After(min(20*time.Millisecond, time.Until(deadline))):
+		case <-time.After(min(50*time.Millisecond, time.Until(deadline))):
 		case <-p.hurry:
 		}
 	}
-	if len(groupMembers(p.pid)) > 0 {
+	if len(groupMembers(p.pid, false)) > 0 {
 		syscall.Kill(-p.pid, syscall.SIGKILL)
 	}
 }

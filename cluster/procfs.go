@@ -89,9 +89,15 @@ func processTree(root int, recentOnly bool) []int {
 
 // groupMembers returns the live (non-zombie) processes of process group pgid
 // other than the leader pgid itself.
-func groupMembers(pgid int) []int {
+// With recentOnly it reads only processes with a pid above pgid, where the
+// leader's descendants are unless pids wrapped around.
+func groupMembers(pgid int, recentOnly bool) []int {
+	minPid := 0
+	if recentOnly {
+		minPid = pgid + 1
+	}
 	var out []int
-	for _, st := range allStats(0) {
+	for _, st := range allStats(minPid) {
 		if st.pgrp == pgid && st.pid != pgid && st.state != 'Z' {
 			out = append(out, st.pid)
 		}
