@@ -47,8 +47,13 @@
 //
 // Readiness: "listen" reads /proc: a process of the worker's tree with one of
 // our socket inodes in an epoll set (fdinfo "tfd: … ino:") or a thread blocked
-// in accept/accept4 on it; polled every 2 ms rising to 15 ms. "notify" waits
-// for READY=1. "delay" waits until the worker stayed alive for Readiness.Delay.
+// in accept/accept4 on it; polled every 2 ms rising to 15 ms, the tree
+// refreshed every third poll, and no polling once ready. "notify" waits for
+// READY=1. "delay" waits until the worker stayed alive for Readiness.Delay.
+// A worker that did not get ready gets a one-line verdict in the
+// ReloadError: it bound its own port, exited at once, exited after becoming
+// ready, never touched the inherited socket, never sent READY=1, or its
+// command could not be executed (the shim exits 127).
 //
 // Callers: call RunShimIfRequested first thing in main; call Shutdown, then
 // Sockets.Close; Reload is refused (ErrBusy) while another one runs, so
