@@ -212,10 +212,11 @@ func (s *Store) Fetch(ctx context.Context, req FetchRequest) (string, error) {
 		return "", fail("fetch", subject, err)
 	}
 
+	parent := ctx
 	ctx, cancel := context.WithTimeout(ctx, s.opts.Timeout)
 	defer cancel()
 	timedOut := func(err error) error {
-		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+		if errors.Is(ctx.Err(), context.DeadlineExceeded) && parent.Err() == nil {
 			return reason(ErrTimeout, fmt.Sprintf("timed out after %s", s.opts.Timeout))
 		}
 		return err
@@ -430,6 +431,11 @@ type tracker struct {
 
 func (t *tracker) TrackProgress(_ string, current, total int64, stream io.ReadCloser) io.ReadCloser {
 	t.done, t.total = current, total
+	if total > t.limit {
+		t.err = reason(ErrTooLarge, fmt.Sprintf("download is %d bytes, more than the %d allowed", total, t.limit))
+		stream.Close()
+		return &trackedBody{t: t, rc: errBody{t.err}}
+	}
 	if t.progress != nil {
 		t.progress(t.done, t.total)
 	}
@@ -468,3 +474,9 @@ func (b *trackedBody) Read(p []byte) (int, error) {
 }
 
 func (b *trackedBody) Close() error { return b.rc.Close() }
+
+// errBody fails every read: the download is refused before it starts.
+type errBody struct{ err error }
+
+func (e errBody) Read([]byte) (int, error) { return 0, e.err }
+func (e errBody) Close() error             { return nil }

@@ -206,16 +206,38 @@ func TestStore_FetchStalledServer(t *testing.T) {
 func TestStore_FetchDownloadTooLarge(t *testing.T) {
 	big := make([]byte, 3<<20)
 	rand.Read(big)
-	srv := httptest.NewServer(files(map[string][]byte{"/big.tgz": big}))
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/big.tgz" {
+			w.Header().Set("Content-Length", fmt.Sprint(len(big))) // refused before reading
+		}
+		w.Write(big)
+	}))
 	defer srv.Close()
-	sb := newSandbox(t)
-	s := sb.open(t, Options{MaxBytes: 1 << 10, MaxFiles: 1})
-	before := snapshot(t, sb.dir)
-	_, err := s.Fetch(context.Background(), FetchRequest{URL: srv.URL + "/big.tgz", ID: "r1"})
-	if !errors.Is(err, ErrTooLarge) || !strings.Contains(err.Error(), "download exceeds") {
-		t.Fatalf("Fetch error = %v, want ErrTooLarge download exceeds", err)
+	tests := []struct{ name, path, wantText string }{
+		{name: "content-length", path: "/big.tgz", wantText: "download is 3145728 bytes, more than the 1051648 allowed"},
+		{name: "chunked", path: "/chunked.tgz", wantText: "download exceeds 1051648 bytes"},
 	}
-	assertUntouched(t, sb, before)
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			sb := newSandbox(t)
+			s := sb.open(t, Options{MaxBytes: 1 << 10, MaxFiles: 1})
+			before := snapshot(t, sb.dir)
+			_, err := s.Fetch(context.Background(), FetchRequest{URL: srv.URL + tt.path, ID: "r1"})
+			if !errors.Is(err, ErrTooLarge) || !strings.Contains(err.Error(), tt.wantText) {
+				t.Fatalf("Fetch error = %v, want ErrTooLarge %q", err, tt.wantText)
+			}
+			assertUntouched(t, sb, before)
+		})
+	}
+}
+
+func TestStore_FetchRelativePath(t *testing.T) {
+	sb := newSandbox(t)
+	s := sb.open(t, Options{})
+	_, err := s.Fetch(context.Background(), FetchRequest{URL: "build/app.tgz", ID: "r1"})
+	if err == nil || err.Error() != `fetch build/app.tgz: local path "build/app.tgz" is not absolute` {
+		t.Fatalf("Fetch relative path = %v", err)
+	}
 }
 
 func TestStore_FetchRedactsCredentials(t *testing.T) {
