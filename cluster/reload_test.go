@@ -19,8 +19,15 @@ func TestMaster_Reload20UnderLoad(t *testing.T) {
 	waitOK(t, run, 20)
 	var retired []time.Duration
 	for i := 1; i <= 20; i++ {
-		res := h.mustReload(h.release("v" + itoa(i)))
+		id := "v" + itoa(i)
+		res := h.mustReload(h.release(id))
 		retired = append(retired, res.RetiredAfter)
+		// Once Reload returned, every new connection is the new release's.
+		for range 3 {
+			if body, err := getOnce("tcp", h.addr); err != nil || body != id {
+				t.Fatalf("after reload to %s: %q, %v", id, body, err)
+			}
+		}
 		waitOK(t, run, 10)
 	}
 	r := assertClean(t, run, false)

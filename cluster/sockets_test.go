@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"net"
@@ -137,5 +138,29 @@ func TestOpenSockets_AdoptSystemd(t *testing.T) {
 	res = run("")
 	if len(res["addrs"]) != 1 || res["addrs"][0] != l.Addr().String() || res["names"][0] != "web" {
 		t.Errorf("no specs: not all adopted: %v", res)
+	}
+}
+
+// Workers serve a unix socket and a TCP socket inherited together, in order.
+func TestMaster_UnixAndTCPSockets(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "app.sock")
+	socks, err := OpenSockets([]ListenSpec{{Name: "http", Address: "127.0.0.1:0"}, {Name: "local", Address: "unix:" + path}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer socks.Close()
+	m, err := NewMaster(Config{Command: []string{selfPath(t)}, Workers: 1, Env: []string{"CLUSTER_TEST_ROLE=worker"}}, socks)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Shutdown(context.Background())
+	dir := t.TempDir()
+	if _, err := m.Reload(context.Background(), GenerationSpec{Dir: dir, ReleaseID: "u1"}, nil); err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range [][2]string{{"tcp", socks.Addrs()[0]}, {"unix", path}} {
+		if body, err := getOnce(a[0], a[1]); err != nil || body != "u1" {
+			t.Errorf("%s %s: %q %v", a[0], a[1], body, err)
+		}
 	}
 }
