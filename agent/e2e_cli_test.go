@@ -8,6 +8,7 @@ import (
 )
 
 func TestE2E_usageAndVersion(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		name   string
 		args   []string
@@ -39,6 +40,7 @@ func TestE2E_usageAndVersion(t *testing.T) {
 }
 
 func TestE2E_configErrors(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	tests := []struct {
 		name string
@@ -77,6 +79,7 @@ func TestE2E_configErrors(t *testing.T) {
 }
 
 func TestE2E_configSearchOrderAndUnreachable(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	cfg := func(name, sock string) string {
 		p := filepath.Join(dir, name)

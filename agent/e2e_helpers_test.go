@@ -211,7 +211,7 @@ name = "http"
 address = "127.0.0.1:0"
 
 [readiness]
-timeout = "5s"
+timeout = "10s"
 
 [restart]
 backoff_min = "50ms"

@@ -43,6 +43,7 @@ func (b *bgCLI) wait(t *testing.T) cliResult {
 }
 
 func TestE2E_busyWaitSupersedeAndHooks(t *testing.T) {
+	t.Parallel()
 	s := newSetup(t, "")
 	marker := filepath.Join(s.dir, "go-on")
 	envFile := filepath.Join(s.dir, "pre-activate.env")
@@ -166,6 +167,7 @@ func mustRead(t *testing.T, p string) string {
 // refused; a killed agent's socket is replaced by the next one, which starts
 // the first generation from current.
 func TestE2E_restartAndStaleSocket(t *testing.T) {
+	t.Parallel()
 	s := newSetup(t, "")
 	v1 := s.art.app(t, "v1", nil)
 	p := s.start(nil)

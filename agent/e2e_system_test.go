@@ -18,6 +18,7 @@ import (
 // refuses a user who can reach the socket but is not allowed (exit 3, one
 // line, logged), and allow_uids lets one in.
 func TestE2E_permissionRefusal(t *testing.T) {
+	t.Parallel()
 	if os.Getuid() != 0 {
 		t.Skip("needs root to run clients as other uids")
 	}
@@ -62,6 +63,7 @@ func TestE2E_permissionRefusal(t *testing.T) {
 // the agent on the first connection and hands it the socket by name; that
 // first connection waits in the queue until the first deploy serves it.
 func TestE2E_socketActivation(t *testing.T) {
+	t.Parallel()
 	ssa, err := exec.LookPath("systemd-socket-activate")
 	if err != nil {
 		t.Skip("systemd-socket-activate not installed")
