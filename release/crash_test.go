@@ -45,7 +45,7 @@ func TestStore_CrashConsistency(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		want[id] = d
+		want[id] = d.digest
 	}
 
 	tests := []struct {
@@ -88,7 +88,7 @@ func TestStore_CrashConsistency(t *testing.T) {
 				t.Errorf("current = %s after kill at %s, want %s", cur, tt.step, tt.current)
 			}
 			got, err := verifyTree(context.Background(), filepath.Join(sb.root, "current"), limits{maxBytes: DefaultMaxBytes, maxFiles: DefaultMaxFiles}, nil)
-			if err != nil || got != want[cur] {
+			if err != nil || got.digest != want[cur] {
 				t.Errorf("current (%s) is not the complete release: %v", cur, err)
 			}
 			if _, err := s2.History(); err != nil {
@@ -105,7 +105,7 @@ func TestStore_CrashConsistency(t *testing.T) {
 			// Every release on disk is complete; every digest has its release.
 			rels, _ := s2.Releases()
 			for _, id := range rels {
-				if d, err := verifyTree(context.Background(), s2.Dir(id), limits{maxBytes: DefaultMaxBytes, maxFiles: DefaultMaxFiles}, nil); err != nil || d != want[id] {
+				if d, err := verifyTree(context.Background(), s2.Dir(id), limits{maxBytes: DefaultMaxBytes, maxFiles: DefaultMaxFiles}, nil); err != nil || d.digest != want[id] {
 					t.Errorf("release %s on disk is incomplete: %v", id, err)
 				}
 			}

@@ -185,6 +185,7 @@ func (s *Store) parseSource(raw string) (*source, error) {
 // error, nothing is left in the root outside .agent/, and
 // releases/.incoming/ holds nothing of this fetch.
 func (s *Store) Fetch(ctx context.Context, req FetchRequest) (string, error) {
+	start := time.Now()
 	subject, secrets := redactURL(req.URL)
 	fail := func(op, subj string, err error) error {
 		if len(secrets) > 0 {
@@ -261,10 +262,15 @@ func (s *Store) Fetch(ctx context.Context, req FetchRequest) (string, error) {
 			_ = os.Remove(archive)
 		}
 	}
-	digest, err := verifyTree(ctx, tree, lim, known)
-	if err != nil {
-		return "", fail("unpack", src.base, timedOut(err))
+	op, opSubject := "unpack", src.base
+	if src.isDir {
+		op, opSubject = "copy", src.local
 	}
+	stats, err := verifyTree(ctx, tree, lim, known)
+	if err != nil {
+		return "", fail(op, opSubject, timedOut(err))
+	}
+	digest := stats.digest
 	if exists {
 		old, err := os.ReadFile(s.digestPath(id))
 		switch {
@@ -300,6 +306,7 @@ func (s *Store) Fetch(ctx context.Context, req FetchRequest) (string, error) {
 	if err := syncDir(filepath.Join(s.root, releasesDir)); err != nil {
 		return "", fail("fetch", subject, err)
 	}
+	s.log.Info("Fetched release", "id", id, "url", subject, "files", stats.files, "bytes", stats.bytes, "duration", time.Since(start).Round(time.Millisecond))
 	return id, nil
 }
 

@@ -25,15 +25,22 @@ const maxLinkHops = 40 // as the kernel's MAXSYMLINKS
 //
 // known holds content hashes computed while the files were written; a
 // file not in it is read and hashed.
-func verifyTree(ctx context.Context, root string, lim limits, known sums) (string, error) {
+func verifyTree(ctx context.Context, root string, lim limits, known sums) (treeStats, error) {
 	v := &verifier{ctx: ctx, root: root, lim: lim, h: sha256.New(), known: known}
 	if err := v.walk(""); err != nil {
-		return "", err
+		return treeStats{}, err
 	}
 	if v.files == 0 {
-		return "", reason(ErrBadArchive, "release is empty")
+		return treeStats{}, reason(ErrBadArchive, "release is empty")
 	}
-	return "sha256:" + hex.EncodeToString(v.h.Sum(nil)), nil
+	return treeStats{digest: "sha256:" + hex.EncodeToString(v.h.Sum(nil)), files: v.files, bytes: v.bytes}, nil
+}
+
+// treeStats describes a verified tree.
+type treeStats struct {
+	digest string // "sha256:<hex>" over paths, types, modes, contents, link targets
+	files  int    // entries
+	bytes  int64  // bytes of regular files
 }
 
 type verifier struct {
