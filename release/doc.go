@@ -52,7 +52,29 @@
 //     computed.
 //
 // Permissions are kept (owner read/write always added; setuid, setgid and
-// sticky bits dropped); owners and timestamps are not.
+// sticky bits dropped); owners and timestamps are not. An archive is
+// unpacked as it is: a single top-level folder is not stripped. A file
+// that is not an archive (no known extension, or ?archive=false) becomes
+// the release's only file, under its own name. Single-file compressions
+// (.gz, .bz2, .xz, .zst) and .tar.xz are refused (ErrUnsupportedArchive).
+//
+// Fetching: the URL's scheme is checked against Options.Allow before
+// go-getter sees it, and so is the scheme of a checksum=file: URL; forced
+// getters ("git::…") and go-getter subdirectories ("…//sub") are refused.
+// An http(s) redirect is followed only to an allowed http or https URL.
+// A checksum=file: list is fetched by go-getter into os.TempDir and
+// removed at once. The download is limited to MaxBytes plus 2 KiB per
+// allowed entry plus 1 MiB (refused early by Content-Length); Timeout
+// bounds download, unpack and verification together.
+//
+// Ids: an existing releases/<id> is never replaced or modified by Fetch.
+// Fetching it again is ErrExists, unless FetchRequest.Force is set and the
+// new content is identical (same digest): then Fetch succeeds and changes
+// nothing.
+//
+// Errors are one line, "<op> <subject>: <cause>", with URLs redacted
+// (RedactURL), e.g. `unpack app.tgz: entry "../evil": path escapes the
+// release`; callers branch on the ErrX sentinels with errors.Is.
 //
 // Concurrency: Store methods are safe for concurrent use within a process.
 // Across processes, callers hold Lock around a mutation (Fetch, Link,
