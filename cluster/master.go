@@ -136,7 +136,8 @@ func (m *Master) setEmitter(f func(ReloadEvent)) {
 // the drain of the old generation.
 //
 // Reload while another Reload runs returns ErrBusy at once: refused, not
-// queued. After Shutdown it returns ErrClosed. An unusable spec.Dir returns
+// queued. After Shutdown it returns ErrClosed. With ctx already done it
+// returns ctx's error and starts nothing. An unusable spec.Dir returns
 // an error wrapping ErrInvalidSpec and starts nothing. events, if not nil, is
 // called for each ReloadEvent, one call at a time, never after Reload
 // returned; it must not block for long.
@@ -145,6 +146,9 @@ func (m *Master) Reload(ctx context.Context, spec GenerationSpec, events func(Re
 		return nil, ErrBusy
 	}
 	defer m.reloading.Store(false)
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("reload %s: %w", spec.Dir, err)
+	}
 	start := time.Now()
 	dir, err := filepath.EvalSymlinks(spec.Dir)
 	if err == nil {
