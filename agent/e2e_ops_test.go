@@ -170,8 +170,33 @@ func TestE2E_restartAndStaleSocket(t *testing.T) {
 	t.Parallel()
 	s := newSetup(t, "")
 	v1 := s.art.app(t, "v1", nil)
+	other := s.art.app(t, "other", map[string]file{"extra.txt": {body: "different content"}})
 	p := s.start(nil)
 	s.mustDo("deploy", "--id", "v1", v1)
+
+	// Idempotent retry of the same id and content; the same id with other
+	// content is the caller's mistake; a bad checksum or a 404 refuses the
+	// deploy and leaves nothing behind.
+	if r := s.mustDo("deploy", "--id", "v1", v1); !strings.Contains(r.stdout, "already current with identical content") {
+		t.Errorf("redeploy of the current release: %v", r)
+	}
+	if r := s.do("deploy", "--id", "v1", other); r.code != 2 || !strings.Contains(r.stderr, "release already exists") {
+		t.Errorf("same id, other content: want exit 2, got %v", r)
+	}
+	bad := strings.Replace(v1, "checksum=sha256:", "checksum=sha256:00", 1)
+	bad = bad[:len(bad)-2]
+	if r := s.do("deploy", "--id", "v9", bad); r.code != 1 || !strings.Contains(r.stderr, "checksum mismatch") || !strings.Contains(r.stderr, "nothing changed") {
+		t.Errorf("checksum mismatch: want exit 1, got %v", r)
+	}
+	if r := s.do("deploy", s.art.srv.URL+"/missing.tar.gz"); r.code != 1 || !strings.Contains(r.stderr, "deploy failed") {
+		t.Errorf("404: want exit 1, got %v", r)
+	}
+	if rels, _ := os.ReadDir(filepath.Join(s.root, "releases")); len(rels) != 2 { // v1 and .incoming
+		t.Errorf("refused deploys left releases behind: %v", rels)
+	}
+	if inc, _ := os.ReadDir(filepath.Join(s.root, "releases", ".incoming")); len(inc) != 0 {
+		t.Errorf("releases/.incoming not empty: %v", inc)
+	}
 
 	second := s.spawn(nil)
 	if code := second.wait(30 * time.Second); code != 1 || !strings.Contains(second.log(), "another agent is serving this control socket") {
