@@ -170,7 +170,7 @@ func TestReadiness_NotifyGrandchild(t *testing.T) {
 // Mode notify: the worker listens at once but says READY=1 only later; a
 // worker that never says it fails with its verdict.
 func TestReadiness_NotifyTiming(t *testing.T) {
-	h := newHarness(t, Config{Workers: 1, Readiness: Readiness{Mode: ModeNotify, Timeout: 1500 * time.Millisecond}})
+	h := newHarness(t, Config{Workers: 1, Readiness: Readiness{Mode: ModeNotify, Timeout: 3 * time.Second}})
 	res := h.mustReload(h.release("late", "HELPER_MODE="+modeNotifySelf, "HELPER_NOTIFY_AFTER=400ms"))
 	if res.ReadyAfter < 400*time.Millisecond {
 		t.Errorf("ready after %s, before READY=1 was sent", res.ReadyAfter)
