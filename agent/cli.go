@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"text/tabwriter"
@@ -32,10 +33,20 @@ func setupDeploy(fs *flag.FlagSet) func([]string) int {
 				return usageErr("--id %q: %v", *id, err)
 			}
 		}
-		if strings.TrimSpace(args[0]) == "" {
+		url := args[0]
+		if strings.TrimSpace(url) == "" {
 			return usageErr("deploy: empty URL")
 		}
-		return clientOp(&cf, Request{Op: opDeploy, URL: args[0], ID: *id, Wait: *wait}, *asJSON)
+		// The agent runs elsewhere: a relative local path means this
+		// shell's directory.
+		if !strings.Contains(url, "://") && !strings.Contains(url, "::") && !filepath.IsAbs(url) {
+			if _, err := os.Stat(url); err == nil {
+				if abs, err := filepath.Abs(url); err == nil {
+					url = abs
+				}
+			}
+		}
+		return clientOp(&cf, Request{Op: opDeploy, URL: url, ID: *id, Wait: *wait}, *asJSON)
 	}
 }
 
@@ -220,11 +231,22 @@ func printFailure(w io.Writer, req Request, res Message) {
 			fmt.Fprintf(w, "    | %s\n", l)
 		}
 	}
-	if res.Restored != "" {
+	switch {
+	case res.Restored != "":
 		fmt.Fprintf(w, "restored: current is %s again; its workers kept serving\n", res.Restored)
-	} else if req.Op == opDeploy || req.Op == opRollback {
-		fmt.Fprintf(w, "nothing changed: current is as before\n")
+	case req.Op != opDeploy && req.Op != opRollback:
+	case res.Current == res.From:
+		fmt.Fprintf(w, "nothing changed: current is %s\n", orNone(res.Current))
+	default:
+		fmt.Fprintf(w, "current is now %s (was %s)\n", orNone(res.Current), orNone(res.From))
 	}
+}
+
+func orNone(s string) string {
+	if s == "" {
+		return "(none)"
+	}
+	return s
 }
 
 func orDash(s string) string {

@@ -226,4 +226,19 @@ func TestE2E_restartAndStaleSocket(t *testing.T) {
 	if !strings.Contains(p2.log(), "Replacing stale control socket") {
 		t.Errorf("no stale socket message in the log:\n%s", p2.log())
 	}
+
+	// A local directory, named relative to the client's directory.
+	local := filepath.Join(s.dir, "build", "app")
+	if err := os.MkdirAll(local, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(local, "server.js"), []byte(nodeServer(t)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if r := cliIn(t, s.dir, nil, "deploy", "-c", s.cfg, "--id", "local", "build/app"); r.code != 0 {
+		t.Fatalf("deploy of a relative local directory: %v", r)
+	}
+	if got := get(t, s.appAddr()); got != "hello from local" {
+		t.Errorf("local release serves %q", got)
+	}
 }

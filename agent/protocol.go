@@ -80,7 +80,8 @@ type Message struct {
 	Op       string          `json:"op,omitempty"`
 	ID       string          `json:"id,omitempty"`       // release deployed / rolled back to / reloaded
 	From     string          `json:"from,omitempty"`     // release current before
-	Restored string          `json:"restored,omitempty"` // after a failure: the release current now
+	Restored string          `json:"restored,omitempty"` // after a failure: the release current points back at
+	Current  string          `json:"current,omitempty"`  // deploy, rollback, reload: the release current names at the end
 	Failures []WorkerVerdict `json:"failures,omitempty"`
 	Elapsed  float64         `json:"elapsed_s,omitempty"`
 	Status   *StatusDoc      `json:"status,omitempty"`

@@ -1,0 +1,72 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/handoff/handoff/release"
+)
+
+// statusLine is the one-line STATUS= for systemd.
+func (d *daemon) statusLine() string {
+	cur, err := d.store.Current()
+	if err != nil {
+		return "no current release: waiting for a deploy"
+	}
+	st := d.master.Status()
+	n := 0
+	for _, g := range st.Generations {
+		if g.ReleaseID == cur {
+			for _, w := range g.Workers {
+				if w.State == "ready" {
+					n++
+				}
+			}
+		}
+	}
+	return fmt.Sprintf("serving %s with %d/%d workers ready", cur, n, d.cfg.App.Workers)
+}
+
+func historyEntries(h []release.Event) []HistoryEntry {
+	out := make([]HistoryEntry, 0, len(h))
+	for _, e := range h {
+		out = append(out, HistoryEntry{Time: e.Time, Op: e.Op, ID: e.ID, From: e.From, URL: e.URL, Result: e.Result, Error: e.Error, DurationNS: int64(e.Duration)})
+	}
+	return out
+}
+
+const lastDeploys = 10
+
+func (d *daemon) status() *StatusDoc {
+	st := &StatusDoc{Root: d.store.Root(), Socket: d.cfg.Control.Socket, PID: os.Getpid(), Version: agentVersion(),
+		Uptime: time.Since(d.start).Seconds(), Listen: d.socks.Addrs(), Generations: []GenerationDoc{}, LastDeploys: []HistoryEntry{}}
+	cur, err := d.store.Current()
+	if err == nil {
+		st.Current = cur
+	} else if !errors.Is(err, release.ErrNoCurrent) {
+		st.CurrentError = err.Error()
+	}
+	d.mu.Lock()
+	st.Running = d.running.running()
+	st.Waiting = d.waiting.running()
+	d.mu.Unlock()
+	for _, g := range d.master.Status().Generations {
+		gd := GenerationDoc{ID: g.ID, ReleaseID: g.ReleaseID, Dir: g.Dir, State: g.State, Workers: []WorkerDoc{}}
+		for _, w := range g.Workers {
+			gd.Workers = append(gd.Workers, WorkerDoc{ID: w.ID, PID: w.PID, State: w.State, Restarts: w.Restarts, Uptime: w.Uptime.Seconds(), LastExit: w.LastExit})
+		}
+		st.Generations = append(st.Generations, gd)
+	}
+	if h, err := d.store.History(); err == nil {
+		if len(h) > lastDeploys {
+			h = h[len(h)-lastDeploys:]
+		}
+		st.LastDeploys = historyEntries(h)
+	} else {
+		st.CurrentError = strings.TrimSpace(st.CurrentError + " history: " + err.Error())
+	}
+	return st
+}
