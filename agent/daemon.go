@@ -71,10 +71,11 @@ type daemon struct {
 
 // op is one deploy, rollback or reload, queued or running.
 type op struct {
-	req   Request // ID filled in for deploys
-	since time.Time
-	log   *opLog
-	first bool // the start-up generation: not recorded in history
+	req     Request   // ID filled in for deploys
+	since   time.Time // submitted
+	started time.Time // set by execute
+	log     *opLog
+	first   bool // the start-up generation: not recorded in history
 }
 
 func (o *op) describe() string {
@@ -328,6 +329,7 @@ func (d *daemon) startLocked(ctx context.Context, o *op) {
 
 func (d *daemon) execute(ctx context.Context, o *op) {
 	start := time.Now()
+	o.started = start
 	log := d.log.With("op", o.req.Op, "id", o.req.ID)
 	log.Info("Operation start", "what", o.describe())
 	if !o.first {

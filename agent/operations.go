@@ -15,6 +15,8 @@ import (
 
 // The operations: deploy, rollback and reload, each run by execute with the
 // root locked, streaming events into the op's log and returning its result.
+
+// emit adds a human event to o's stream.
 func (d *daemon) emit(o *op, stage, kind, format string, a ...any) {
 	o.log.emit(Message{Stage: stage, Kind: kind, Message: fmt.Sprintf(format, a...)})
 }
@@ -105,8 +107,8 @@ func (d *daemon) record(o *op, ev release.Event) {
 	if o.first {
 		return
 	}
-	ev.Time = o.since
-	ev.Duration = time.Since(o.since)
+	ev.Time = o.started
+	ev.Duration = time.Since(o.started)
 	if err := d.store.Record(ev); err != nil {
 		d.log.Error("Cannot record history", "err", err)
 		d.emit(o, "record", "warn", "history not recorded: %v", err)
