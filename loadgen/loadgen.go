@@ -313,9 +313,9 @@ func (w *worker) attempt(ctx context.Context) (string, int64, error) {
 	}
 	// The connection's deadline also honours our own stop, so a request in
 	// flight when the run ends is not counted as the server's failure.
-	deadline := time.Now().Add(o.Timeout)
-	w.conn.SetDeadline(deadline)
-	stop := context.AfterFunc(ctx, func() { w.conn.SetDeadline(time.Now()) })
+	c := w.conn // the stop callback must not read w.conn, which this goroutine may clear
+	c.SetDeadline(time.Now().Add(o.Timeout))
+	stop := context.AfterFunc(ctx, func() { c.SetDeadline(time.Now()) })
 	defer stop()
 
 	req := "GET " + o.Path + " HTTP/1.1\r\nHost: loadgen\r\nUser-Agent: handoff-loadgen\r\n"

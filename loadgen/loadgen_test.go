@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -215,5 +216,23 @@ func TestHistogram_quantileWithinTwoPercent(t *testing.T) {
 	}
 	if h.max != 100*time.Millisecond {
 		t.Errorf("max = %v", h.max)
+	}
+}
+
+// Stopping a run whose requests keep failing (and closing their connections)
+// must not race with the stop callback on the connection.
+func TestRun_stopWhileConnectionsChurn(t *testing.T) {
+	addr := rawServer(t, func(c net.Conn) {
+		readRequest(bufio.NewReader(c))
+	})
+	for i := 0; i < 20; i++ {
+		run, err := Start(context.Background(), Options{Addr: addr, Conns: 4, KeepAlive: true, Duration: time.Minute})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for run.Snapshot().Requests == 0 {
+			runtime.Gosched()
+		}
+		run.Stop()
 	}
 }
