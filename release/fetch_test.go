@@ -401,3 +401,76 @@ func TestStore_FetchGeneratedID(t *testing.T) {
 		t.Errorf("generated id %q does not start with the UTC date", id)
 	}
 }
+
+// TestStore_FetchWritesOnlyStaging checks that a fetch leaves nothing in
+// os.TempDir, where go-getter keeps its copy of a checksum file.
+func TestStore_FetchWritesOnlyStaging(t *testing.T) {
+	good := appTgz(t, "1")
+	srv := httptest.NewServer(files(map[string][]byte{
+		"/app.tgz":    good,
+		"/SHA256SUMS": []byte(sha(good) + "  app.tgz\n"),
+	}))
+	defer srv.Close()
+	tmp := t.TempDir()
+	t.Setenv("TMPDIR", tmp)
+	sb := newSandbox(t)
+	s := sb.open(t, Options{})
+	for i, u := range []string{
+		srv.URL + "/app.tgz",
+		srv.URL + "/app.tgz?checksum=file:" + srv.URL + "/SHA256SUMS",
+		sb.write(t, "local.tgz", good),
+	} {
+		if _, err := s.Fetch(context.Background(), FetchRequest{URL: u, ID: fmt.Sprint("r", i)}); err != nil {
+			t.Fatalf("Fetch %s: %v", u, err)
+		}
+		if ents, _ := os.ReadDir(tmp); len(ents) != 0 {
+			t.Fatalf("Fetch %s left files in TMPDIR: %v", u, ents)
+		}
+	}
+}
+
+func TestStore_FetchProgress(t *testing.T) {
+	body := make([]byte, 1<<20)
+	rand.Read(body)
+	tgz := gz(t, buildTar(t, []tarEntry{{Name: "blob", Body: string(body)}}))
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/sized.tgz" {
+			w.Header().Set("Content-Length", fmt.Sprint(len(tgz)))
+		}
+		w.Write(tgz)
+	}))
+	defer srv.Close()
+	for _, tt := range []struct {
+		path  string
+		total int64
+	}{
+		{path: "/sized.tgz", total: int64(len(tgz))},
+		{path: "/chunked.tgz", total: -1},
+	} {
+		t.Run(tt.path, func(t *testing.T) {
+			sb := newSandbox(t)
+			s := sb.open(t, Options{})
+			var calls [][2]int64
+			_, err := s.Fetch(context.Background(), FetchRequest{URL: srv.URL + tt.path, ID: "r1", Progress: func(done, total int64) {
+				calls = append(calls, [2]int64{done, total})
+			}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(calls) < 3 {
+				t.Fatalf("only %d progress calls: %v", len(calls), calls)
+			}
+			for i, c := range calls {
+				if c[1] != tt.total {
+					t.Errorf("call %d total = %d, want %d", i, c[1], tt.total)
+				}
+				if i > 0 && c[0] < calls[i-1][0] {
+					t.Errorf("progress went backwards: %v", calls)
+				}
+			}
+			if last := calls[len(calls)-1]; last[0] != int64(len(tgz)) {
+				t.Errorf("last progress done = %d, want %d", last[0], len(tgz))
+			}
+		})
+	}
+}

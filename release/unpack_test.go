@@ -2,7 +2,9 @@ package release
 
 import (
 	"archive/tar"
+	"archive/zip"
 	"bytes"
+	"compress/flate"
 	"context"
 	"errors"
 	"io/fs"
@@ -203,6 +205,25 @@ func TestStore_FetchHostileArchives(t *testing.T) {
 			data:     func(t *testing.T) []byte { return buildZip(t, []zipEntry{{Name: "zeros", Body: zeros}}) },
 			want:     ErrTooLarge,
 			wantText: `entry "zeros": release exceeds 1048576 bytes unpacked`},
+		{name: "zip header lies about size", file: "app.zip", maxBytes: 1 << 20,
+			data: func(t *testing.T) []byte {
+				var buf bytes.Buffer
+				zw := zip.NewWriter(&buf)
+				var comp bytes.Buffer
+				fw, _ := flate.NewWriter(&comp, flate.BestSpeed)
+				fw.Write([]byte(zeros))
+				fw.Close()
+				h := &zip.FileHeader{Name: "small", Method: zip.Deflate, UncompressedSize64: 10, CompressedSize64: uint64(comp.Len()), CRC32: 0}
+				w, err := zw.CreateRaw(h)
+				if err != nil {
+					t.Fatal(err)
+				}
+				w.Write(comp.Bytes())
+				zw.Close()
+				return buf.Bytes()
+			},
+			want:     ErrBadArchive,
+			wantText: `corrupt archive`},
 		{name: "zip too many files", file: "app.zip", maxFiles: 10,
 			data:     func(t *testing.T) []byte { return buildZip(t, manyZip()) },
 			want:     ErrTooLarge,
