@@ -197,36 +197,3 @@ func TestOpen_Options(t *testing.T) {
 		t.Errorf("Root %q / Dir %q", s.Root(), s.Dir("x"))
 	}
 }
-
-func TestValidateID(t *testing.T) {
-	for _, id := range []string{"a", "42", "v1.2.3", "abc_DEF-9", strings.Repeat("a", 64), NewID()} {
-		if err := ValidateID(id); err != nil {
-			t.Errorf("ValidateID(%q) = %v", id, err)
-		}
-	}
-	for _, id := range []string{"", ".incoming", "..", "-x", "a/b", "a b", strings.Repeat("a", 65), "é"} {
-		if err := ValidateID(id); !errors.Is(err, ErrInvalidID) {
-			t.Errorf("ValidateID(%q) = %v, want ErrInvalidID", id, err)
-		}
-	}
-	if a, b := NewID(), NewID(); a == b {
-		t.Errorf("NewID twice = %q", a)
-	}
-}
-
-func TestRedactURL(t *testing.T) {
-	tests := []struct{ in, want string }{
-		{"https://u:p4ss@h/x.tgz", "https://u:xxxxx@h/x.tgz"},
-		{"https://ghp_token@h/x.tgz", "https://xxxxx@h/x.tgz"},
-		{"https://h/x.tgz?checksum=sha256:ab&X-Amz-Signature=s1g&X-Amz-Credential=c", "https://h/x.tgz?checksum=sha256:ab&X-Amz-Signature=xxxxx&X-Amz-Credential=xxxxx"},
-		{"https://h/x.tgz?access_token=t&v=1", "https://h/x.tgz?access_token=xxxxx&v=1"},
-		{"s3::https://k:s@h/b/x.tgz", "s3::https://k:xxxxx@h/b/x.tgz"},
-		{"/srv/app.tgz", "/srv/app.tgz"},
-		{"https://u:p@h/%zz", "https://xxxxx@h/%zz"},
-	}
-	for _, tt := range tests {
-		if got := RedactURL(tt.in); got != tt.want {
-			t.Errorf("RedactURL(%q) = %q, want %q", tt.in, got, tt.want)
-		}
-	}
-}
