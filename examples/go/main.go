@@ -60,6 +60,12 @@ func main() {
 }
 
 func run(log *slog.Logger) error {
+	// Catch the stop signal before serving the first request: a signal
+	// that arrives before Notify would kill the process outright.
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
+	defer signal.Stop(sigs)
+
 	ln, err := listener()
 	if err != nil {
 		return err
@@ -86,9 +92,6 @@ func run(log *slog.Logger) error {
 		log.Warn("Notifying readiness failed", "err", err)
 	}
 
-	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
-	defer signal.Stop(sigs)
 	select {
 	case err := <-served:
 		return fmt.Errorf("serve: %w", err)
