@@ -66,6 +66,9 @@ func redactURL(raw string) (string, []string) {
 		}
 		p.RawQuery = strings.Join(parts, "&")
 	}
+	if len(secrets) == 0 {
+		return raw, nil // nothing hidden: keep the caller's spelling
+	}
 	return prefix + p.String(), nonEmpty(secrets)
 }
 

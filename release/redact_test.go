@@ -10,6 +10,7 @@ func TestRedactURL(t *testing.T) {
 		{"https://h/x.tgz?access_token=t&v=1", "https://h/x.tgz?access_token=xxxxx&v=1"},
 		{"s3::https://k:s@h/b/x.tgz", "s3::https://k:xxxxx@h/b/x.tgz"},
 		{"/srv/app.tgz", "/srv/app.tgz"},
+		{"file:///srv/my app.tgz?archive=tgz", "file:///srv/my app.tgz?archive=tgz"},
 		{"https://u:p@h/%zz", "https://xxxxx@h/%zz"},
 	}
 	for _, tt := range tests {
