@@ -264,21 +264,32 @@ func (m *handoffMgr) pid() int {
 	return m.agent.pid()
 }
 
-// workers are the agent's descendants other than its own helpers (the
-// agent binary re-executed, e.g. as a watchdog or a shim not yet exec'd).
+// workers are the agent's descendants other than its own helpers.
 func (m *handoffMgr) workers() []procInfo {
+	w, _ := m.split()
+	return w
+}
+
+// helpers are the agent binary's own other processes (its watchdog; a
+// worker shim not yet exec'd), counted with the agent's usage.
+func (m *handoffMgr) helpers() []procInfo {
+	_, h := m.split()
+	return h
+}
+
+func (m *handoffMgr) split() (workers, helpers []procInfo) {
 	p := m.pid()
 	if p <= 0 {
-		return nil
+		return nil, nil
 	}
-	var out []procInfo
 	for _, d := range descendants(p) {
 		if exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", d.PID)); err == nil && exe == m.b.agent {
-			continue
+			helpers = append(helpers, d)
+		} else {
+			workers = append(workers, d)
 		}
-		out = append(out, d)
 	}
-	return out
+	return workers, helpers
 }
 
 func (m *handoffMgr) reload(int) action {

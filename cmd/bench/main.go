@@ -27,7 +27,8 @@ type bench struct {
 	conns, workers                     int
 	readyTimeout                       time.Duration
 	warm, baseline, first, every, tail time.Duration
-	rounds, bootRuns                   int // baseline rounds; boot time samples
+	rounds, reloadRounds, bootRuns     int // baseline rounds; reload rounds; boot time samples
+	deadline                           time.Time
 	reloads                            int
 	gen                                int // generations brought up so far, for distinct bodies
 	only                               map[string]bool
@@ -46,7 +47,8 @@ func run() int {
 		work    = flag.String("work", "", "scratch directory (default: a new temp dir, removed at the end)")
 		only    = flag.String("only", "", "comma-separated managers to run (alone,cluster-master,pm2,handoff); default all")
 		verbose = flag.Bool("v", false, "debug logging")
-		reloads = flag.Int("reloads", 0, "reloads per reload row (default 10, quick 2)")
+		reloads = flag.Int("reloads", 0, "reloads per manager and mode (default 10 in 2 rounds, quick 2)")
+		budget  = flag.Duration("budget", 0, "time budget: rows that would start after it are skipped and listed (default 9m, quick 95s)")
 	)
 	b := &bench{}
 	flag.StringVar(&b.agent, "agent", "", "agent binary (required for the handoff rows)")
@@ -63,11 +65,17 @@ func run() int {
 		level = slog.LevelDebug
 	}
 	b.logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
-	b.warm, b.baseline, b.rounds, b.first, b.every, b.tail, b.reloads, b.bootRuns, b.readyTimeout =
-		2*time.Second, 4*time.Second, 3, 1500*time.Millisecond, 3*time.Second, 1500*time.Millisecond, 10, 3, 5*time.Second
+	b.warm, b.baseline, b.rounds, b.first, b.every, b.tail, b.reloads, b.reloadRounds, b.bootRuns, b.readyTimeout =
+		2*time.Second, 3*time.Second, 3, 1500*time.Millisecond, 3*time.Second, 1500*time.Millisecond, 10, 2, 3, 5*time.Second
 	if *quick {
-		b.warm, b.baseline, b.rounds, b.first, b.tail, b.reloads, b.bootRuns, b.readyTimeout =
-			500*time.Millisecond, 2*time.Second, 1, time.Second, time.Second, 2, 1, 3*time.Second
+		b.warm, b.baseline, b.rounds, b.first, b.tail, b.reloads, b.reloadRounds, b.bootRuns, b.readyTimeout =
+			500*time.Millisecond, 2*time.Second, 1, time.Second, time.Second, 2, 1, 1, 3*time.Second
+	}
+	if *budget == 0 {
+		*budget = 9 * time.Minute
+		if *quick {
+			*budget = 95 * time.Second
+		}
 	}
 	if *reloads > 0 {
 		b.reloads = *reloads
@@ -121,6 +129,11 @@ func run() int {
 	defer b.artifacts.close()
 
 	start := time.Now()
+	// Rows are bounded; the last one may start just before the deadline.
+	b.deadline = start.Add(*budget - 40*time.Second)
+	if *quick {
+		b.deadline = start.Add(*budget - 12*time.Second)
+	}
 	res := b.collect(ctx, *quick)
 	res.Seconds = time.Since(start).Seconds()
 	if ctx.Err() != nil {
@@ -206,29 +219,10 @@ func (b *bench) collect(ctx context.Context, quick bool) *Results {
 		b.warmUp(ctx, m)
 	}
 	modes := []string{modeKeepAlive, modeNewConn}
-	// Baselines in rounds, each round visiting every manager, so that a
-	// burst of other work on the machine hits all of them alike.
-	rounds := map[string][]Row{}
-	for round := 0; round < b.rounds && ctx.Err() == nil; round++ {
-		for _, mode := range modes {
-			for _, m := range all {
-				row := &Row{Scenario: "baseline", Mode: mode}
-				fail(m.name(), b.runRow(ctx, m, row, rowPlan{steady: b.baseline}))
-				key := m.name() + "/" + mode
-				rounds[key] = append(rounds[key], *row)
-			}
-		}
-	}
-	if ctx.Err() != nil {
-		return res
-	}
-	for _, mode := range modes {
-		for _, m := range all {
-			if rs := rounds[m.name()+"/"+mode]; len(rs) > 0 {
-				res.Rows = append(res.Rows, mergeRounds(rs))
-			}
-		}
-	}
+	// Baselines, then reloads, in rounds, each round visiting every
+	// manager, so that a burst of other work on the machine hits all of
+	// them alike.
+	b.inRounds(ctx, res, all, modes, b.rounds, "baseline", fail, func(manager) rowPlan { return rowPlan{steady: b.baseline} })
 	for _, m := range all {
 		if m.name() == "alone" && ctx.Err() == nil {
 			// The app's boot time again, with the machine as busy as during
@@ -239,14 +233,14 @@ func (b *bench) collect(ctx context.Context, quick bool) *Results {
 			b.logger.Info("App boot under load", "ms", res.AppBootUnderLoadMS)
 		}
 	}
+	var reloaders []manager
 	for _, m := range all {
-		if m.name() == "alone" {
-			continue
-		}
-		for _, mode := range modes {
-			fail(m.name(), b.addRow(ctx, res, m, &Row{Scenario: "reloads", Mode: mode}, b.reloadPlan(m)))
+		if m.name() != "alone" {
+			reloaders = append(reloaders, m)
 		}
 	}
+	perRound := (b.reloads + b.reloadRounds - 1) / b.reloadRounds
+	b.inRounds(ctx, res, reloaders, modes, b.reloadRounds, "reloads", fail, func(m manager) rowPlan { return b.reloadPlan(m, perRound) })
 	for _, m := range all {
 		if m != manager(handoff) {
 			m.stop() // leave the machine to the handoff extras
@@ -283,20 +277,65 @@ func (b *bench) handoffExtras(ctx context.Context, res *Results, m *handoffMgr, 
 	}
 	m.stop()
 	// Node's default shutdown beside the graceful one (issue 7): the same
-	// reloads in keep-alive mode, counting stale keep-alive.
-	if ctx.Err() != nil {
+	// reloads in keep-alive mode, counting stale keep-alive. Full runs only.
+	if quick || b.skip(ctx, res, "handoff reloads keep-alive default shutdown") {
 		return
 	}
 	d, err := b.startHandoff(ctx, "default", map[string]string{"HANDOFF_EXAMPLE_SHUTDOWN": "default"})
 	fail("handoff default shutdown", err)
 	if err == nil {
 		b.warmUp(ctx, d)
-		fail("handoff default shutdown", b.addRow(ctx, res, d, &Row{Scenario: "reloads", Mode: modeKeepAlive, Shutdown: "default"}, b.reloadPlan(d)))
+		fail("handoff default shutdown", b.addRow(ctx, res, d, &Row{Scenario: "reloads", Mode: modeKeepAlive, Shutdown: "default"}, b.reloadPlan(d, b.reloads)))
 		d.stop()
 	}
 }
 
+// inRounds runs scenario for every manager and mode, rounds times over,
+// and adds each manager's merged row.
+func (b *bench) inRounds(ctx context.Context, res *Results, ms []manager, modes []string, rounds int, scenario string,
+	fail func(string, error), plan func(manager) rowPlan) {
+	got := map[string][]Row{}
+	for round := 0; round < rounds; round++ {
+		for _, mode := range modes {
+			for _, m := range ms {
+				if b.skip(ctx, res, fmt.Sprintf("%s %s %s round %d", m.name(), scenario, mode, round+1)) {
+					continue
+				}
+				row := &Row{Scenario: scenario, Mode: mode}
+				fail(m.name(), b.runRow(ctx, m, row, plan(m)))
+				if ctx.Err() == nil {
+					got[m.name()+"/"+mode] = append(got[m.name()+"/"+mode], *row)
+				}
+			}
+		}
+	}
+	for _, mode := range modes {
+		for _, m := range ms {
+			if rs := got[m.name()+"/"+mode]; len(rs) > 0 {
+				res.Rows = append(res.Rows, mergeRounds(rs))
+			}
+		}
+	}
+}
+
+// skip reports whether the run is over: interrupted, or past its time
+// budget, in which case what is skipped is recorded.
+func (b *bench) skip(ctx context.Context, res *Results, what string) bool {
+	if ctx.Err() != nil {
+		return true
+	}
+	if time.Now().After(b.deadline) {
+		res.Skipped = append(res.Skipped, what)
+		b.logger.Warn("Skipped: over the time budget", "what", what)
+		return true
+	}
+	return false
+}
+
 func (b *bench) addRow(ctx context.Context, res *Results, m manager, row *Row, plan rowPlan) error {
+	if b.skip(ctx, res, fmt.Sprintf("%s %s %s %s", m.name(), row.Scenario, row.Mode, row.Shutdown)) {
+		return nil
+	}
 	err := b.runRow(ctx, m, row, plan)
 	if ctx.Err() != nil {
 		return ctx.Err()
@@ -305,9 +344,12 @@ func (b *bench) addRow(ctx context.Context, res *Results, m manager, row *Row, p
 	return err
 }
 
-func (b *bench) reloadPlan(m manager) rowPlan {
+// reloadPlan: n reloads, one every b.every; a manager whose reloads take
+// longer than that gets fewer, within 1.6 times the planned time.
+func (b *bench) reloadPlan(m manager, n int) rowPlan {
 	p := rowPlan{first: b.first, every: b.every, tail: b.tail}
-	for i := 0; i < b.reloads; i++ {
+	p.limit = b.first + time.Duration(float64(time.Duration(n)*b.every)*1.6)
+	for i := 0; i < n; i++ {
 		b.gen++
 		p.actions = append(p.actions, m.reload(b.gen))
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/handoff/handoff/loadgen"
@@ -39,8 +40,8 @@ type Row struct {
 	Errors         []string         `json:"errors,omitempty"`
 
 	Reloads []Reload `json:"reloads,omitempty"`
-	// ManagerUsage is the agent's, the cluster master's or pm2's daemon's
-	// process; WorkersUsage the app processes together.
+	// ManagerUsage is the agent's (with its watchdog), the cluster
+	// master's or pm2's daemon's; WorkersUsage the app processes together.
 	ManagerUsage *Usage `json:"manager_usage,omitempty"`
 	WorkersUsage *Usage `json:"workers_usage,omitempty"`
 	Note         string `json:"note,omitempty"`
@@ -102,6 +103,7 @@ type rowPlan struct {
 	first   time.Duration // first trigger after the load starts
 	every   time.Duration // trigger period
 	tail    time.Duration // load after the last action completed
+	limit   time.Duration // no action starts after this long (0: none)
 }
 
 // runRow drives load at m for the plan and fills row.
@@ -160,8 +162,14 @@ func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 // one completed (old generation gone, or the command returned for an action
 // that keeps the old one), and records each one's timings.
 func (b *bench) runActions(ctx context.Context, m manager, run *loadgen.Run, row *Row, plan rowPlan) error {
-	next := time.Now().Add(plan.first)
+	begin := time.Now()
+	next := begin.Add(plan.first)
 	for i, a := range plan.actions {
+		if plan.limit > 0 && time.Since(begin) > plan.limit {
+			row.Note = fmt.Sprintf("%d of %d reloads: each took longer than the %v period", i, len(plan.actions), plan.every)
+			b.logger.Warn("Row over its time limit", "manager", row.Manager, "done", i, "planned", len(plan.actions))
+			break
+		}
 		if !sleepUntil(ctx, next) {
 			return ctx.Err()
 		}
@@ -279,17 +287,34 @@ func anyAlive(list []procInfo) bool {
 	return false
 }
 
+// helperer is a manager with processes of its own beside the workers
+// (the agent's watchdog), counted in its usage.
+type helperer interface{ helpers() []procInfo }
+
+func managerProcs(m manager) []procInfo {
+	var out []procInfo
+	if pid := m.pid(); pid > 0 {
+		if p, err := readProc(pid); err == nil {
+			out = append(out, p)
+		}
+	}
+	if h, ok := m.(helperer); ok {
+		out = append(out, h.helpers()...)
+	}
+	return out
+}
+
 // usageMark remembers CPU ticks at a row's start.
 type usageMark struct {
 	at      time.Time
-	mgr     procInfo
+	mgr     map[int]procInfo
 	workers map[int]procInfo
 }
 
 func startUsage(m manager) usageMark {
-	u := usageMark{at: time.Now(), workers: map[int]procInfo{}}
-	if pid := m.pid(); pid > 0 {
-		u.mgr, _ = readProc(pid)
+	u := usageMark{at: time.Now(), mgr: map[int]procInfo{}, workers: map[int]procInfo{}}
+	for _, p := range managerProcs(m) {
+		u.mgr[p.PID] = p
 	}
 	for _, w := range m.workers() {
 		u.workers[w.PID] = w
@@ -297,33 +322,37 @@ func startUsage(m manager) usageMark {
 	return u
 }
 
-// end returns the manager's and the workers' usage since the mark. A worker
-// that started during the row counts from zero; one that exited is lost,
-// which is why the targets read baseline rows.
+// end returns the manager's and the workers' usage since the mark. A
+// process that started during the row counts from zero; one that exited is
+// lost, which is why the targets read baseline rows.
 func (u usageMark) end(m manager) (mgr, workers *Usage) {
 	wall := time.Since(u.at).Seconds()
 	pct := func(ticks uint64) float64 { return float64(ticks) / clockTicks / wall * 100 }
-	if u.mgr.PID > 0 {
-		if now, err := readProc(u.mgr.PID); err == nil && now.Start == u.mgr.Start {
-			rss, _ := rssKiB(u.mgr.PID)
-			mgr = &Usage{PIDs: 1, RSSKiB: rss, CPUPercent: pct(now.Ticks - u.mgr.Ticks)}
+	since := func(before map[int]procInfo, p procInfo) uint64 {
+		if b, ok := before[p.PID]; ok && b.Start == p.Start {
+			return p.Ticks - b.Ticks
 		}
+		return p.Ticks
 	}
-	workers = &Usage{}
-	var ticks uint64
-	for _, w := range m.workers() {
-		workers.PIDs++
-		rss, _ := rssKiB(w.PID)
-		workers.RSSKiB += rss
-		t := w.Ticks
-		if before, ok := u.workers[w.PID]; ok && before.Start == w.Start {
-			t -= before.Ticks
+	sum := func(list []procInfo, before map[int]procInfo) *Usage {
+		us := &Usage{}
+		var ticks uint64
+		for _, p := range list {
+			us.PIDs++
+			rss, _ := rssKiB(p.PID)
+			us.RSSKiB += rss
+			t := since(before, p)
+			ticks += t
+			us.PerPID = append(us.PerPID, pct(t))
 		}
-		ticks += t
-		workers.PerPID = append(workers.PerPID, pct(t))
+		us.CPUPercent = pct(ticks)
+		return us
 	}
-	workers.CPUPercent = pct(ticks)
-	return mgr, workers
+	if mp := managerProcs(m); len(mp) > 0 {
+		mgr = sum(mp, u.mgr)
+		mgr.PerPID = nil
+	}
+	return mgr, sum(m.workers(), u.workers)
 }
 
 func sleepCtx(ctx context.Context, d time.Duration) bool {
@@ -351,7 +380,8 @@ func mergeRounds(rs []Row) Row {
 	}
 	m := rs[0]
 	m.Rounds = rs
-	m.Failed, m.Bodies, m.Errors = map[string]int64{}, map[string]int64{}, nil
+	m.Failed, m.Bodies, m.Errors, m.Reloads = map[string]int64{}, map[string]int64{}, nil, nil
+	var notes []string
 	m.Seconds, m.Requests, m.OK, m.FailedTotal, m.StaleKeepAlive, m.MaxMS = 0, 0, 0, 0, 0, 0
 	m.PerSecond = nil
 	var p50, p99 []float64
@@ -370,6 +400,13 @@ func mergeRounds(rs []Row) Row {
 			m.Bodies[k] += v
 		}
 		m.Errors = append(m.Errors, r.Errors...)
+		for _, rl := range r.Reloads {
+			rl.N = len(m.Reloads) + 1
+			m.Reloads = append(m.Reloads, rl)
+		}
+		if r.Note != "" {
+			notes = append(notes, r.Note)
+		}
 		ps := r.PerSecond
 		if len(ps) > 1 {
 			ps = ps[:len(ps)-1]
@@ -392,6 +429,7 @@ func mergeRounds(rs []Row) Row {
 		secs += r.Seconds
 	}
 	m.P50MS, m.P99MS = median(p50), median(p99)
+	m.Note = strings.Join(notes, "; ")
 	if m.Seconds > 0 {
 		m.RPS = float64(m.OK) / m.Seconds
 	}

@@ -27,6 +27,7 @@ type Results struct {
 	Rows               []Row    `json:"rows"`
 	Targets            []Target `json:"targets"`
 	Errors             []string `json:"errors,omitempty"`
+	Skipped            []string `json:"skipped,omitempty"` // rows left out to stay within the time budget
 	Seconds            float64  `json:"seconds"`
 }
 
@@ -49,7 +50,8 @@ type Params struct {
 	Conns            int     `json:"conns"`
 	Workers          int     `json:"workers"`
 	ReloadEveryS     float64 `json:"reload_every_s"`
-	ReloadsPerRow    int     `json:"reloads_per_row"`
+	ReloadsPerRow    int     `json:"reloads_per_row"` // per manager and mode, over all rounds
+	ReloadRounds     int     `json:"reload_rounds"`
 	BaselineS        float64 `json:"baseline_s"` // per manager and mode, over all rounds
 	BaselineRounds   int     `json:"baseline_rounds"`
 	ReadinessTimeout string  `json:"readiness_timeout"`
@@ -91,7 +93,7 @@ func newResults(b *bench, quick bool) *Results {
 	if b.pm2 != "" {
 		r.Versions.PM2 = pm2Version(b.pm2)
 	}
-	r.Params = Params{Conns: b.conns, Workers: b.workers, ReloadEveryS: b.every.Seconds(), ReloadsPerRow: b.reloads,
+	r.Params = Params{Conns: b.conns, Workers: b.workers, ReloadEveryS: b.every.Seconds(), ReloadsPerRow: b.reloads, ReloadRounds: b.reloadRounds,
 		BaselineS: b.baseline.Seconds() * float64(b.rounds), BaselineRounds: b.rounds, ReadinessTimeout: b.readyTimeout.String()}
 	return r
 }
@@ -425,15 +427,19 @@ func renderMarkdown(r *Results) string {
 	fmt.Fprintf(&w, "- date: %s (%s run, %.0f s)\n", r.Date, kind, r.Seconds)
 	fmt.Fprintf(&w, "- machine: %d × %s, %s, Linux %s\n", r.Machine.NProc, r.Machine.Model, r.Machine.MemTotal, r.Machine.Kernel)
 	fmt.Fprintf(&w, "- versions: go %s, node %s, pm2 %s, agent %s, %s\n", r.Versions.Go, r.Versions.Node, r.Versions.PM2, r.Versions.Agent, r.Versions.Systemd)
-	fmt.Fprintf(&w, "- load: %d connections on 127.0.0.1, %d app workers per manager, baseline %.0f s in %d rounds, a reload every %.0f s, %d reloads per reload row\n",
-		r.Params.Conns, r.Params.Workers, r.Params.BaselineS, r.Params.BaselineRounds, r.Params.ReloadEveryS, r.Params.ReloadsPerRow)
+	fmt.Fprintf(&w, "- load: %d connections on 127.0.0.1, %d app workers per manager, baseline %.0f s in %d rounds, a reload every %.0f s, %d reloads per manager and mode in %d rounds\n",
+		r.Params.Conns, r.Params.Workers, r.Params.BaselineS, r.Params.BaselineRounds, r.Params.ReloadEveryS, r.Params.ReloadsPerRow, r.Params.ReloadRounds)
 	fmt.Fprintf(&w, "- app boot (exec → first 200 response): %.0f ms idle, %.0f ms under load\n\n", r.AppBootMS, r.AppBootUnderLoadMS)
 
 	fmt.Fprintf(&w, "## Throughput, latency and reloads\n\n")
 	fmt.Fprintf(&w, "req/s: median second (worst second). Latency: p50 / p99 / max in ms. Reload times: median / max in ms from the trigger; "+
 		"*ready* is the manager's own word (handoff only), *first new* the first response the load got from the new generation, "+
 		"*old gone* every worker of the old generation exited. Requests, failed and stale keep-alive are for the reload row. "+
-		"Manager: the agent, the cluster master or pm2's daemon; RSS and CPU %% of one core during the baseline.\n\n")
+		"Manager: the agent (with its watchdog process), the cluster master or pm2's daemon; RSS and CPU %% of one core during the baseline; "+
+		"workers CPU: each app worker's CPU %% during the baseline (how the connections were split between them). "+
+		"*alone* is two app processes sharing one listening socket that the bench holds, no manager at all. "+
+		"The load generator runs in the bench process on the same machine, and every baseline and reload row runs in rounds "+
+		"that visit each manager in turn.\n\n")
 	fmt.Fprintf(&w, "| manager | mode | req/s baseline | vs alone | vs best other | latency baseline | req/s reloads | latency reloads | requests | failed | stale keep-alive | reloads ok | ready | first new | old gone | manager RSS, CPU | workers CPU |\n")
 	fmt.Fprintf(&w, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, mgr := range []string{"alone", "handoff", "cluster-master", "pm2"} {
@@ -514,6 +520,21 @@ func renderMarkdown(r *Results) string {
 			mark = "**missed**"
 		}
 		fmt.Fprintf(&w, "- %s — %s: want %s; got %s; margin %s\n", mark, t.Name, t.Want, t.Got, t.Margin)
+	}
+	var notes []string
+	for _, row := range r.Rows {
+		if row.Note != "" {
+			notes = append(notes, fmt.Sprintf("%s %s %s: %s", row.Manager, row.Scenario, row.Mode, row.Note))
+		}
+	}
+	for _, s := range r.Skipped {
+		notes = append(notes, "skipped to stay within the time budget: "+s)
+	}
+	if len(notes) > 0 {
+		fmt.Fprintf(&w, "\n## Notes\n\n")
+		for _, n := range notes {
+			fmt.Fprintf(&w, "- %s\n", n)
+		}
 	}
 	if len(r.Errors) > 0 {
 		fmt.Fprintf(&w, "\n## Errors\n\n")
