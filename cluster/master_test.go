@@ -12,6 +12,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/handoff/handoff/loadgen"
 )
 
 // harness is one Master on one TCP socket of 127.0.0.1, with release
@@ -114,13 +116,13 @@ func (h *harness) pids() []int {
 }
 
 // load starts a keep-alive load on the harness socket.
-func (h *harness) load(conns int) *rawLoad {
-	return startRawLoad(h.addr, conns)
+func (h *harness) load(conns int) *loadgen.Run {
+	return startLoad(h.t, h.addr, conns)
 }
 
 // assertClean stops the load and requires zero failures and zero stale
 // keep-alive errors (the helper workers drain gracefully).
-func assertClean(t *testing.T, run *rawLoad, allowStale bool) loadResult {
+func assertClean(t *testing.T, run *loadgen.Run, allowStale bool) *loadgen.Result {
 	t.Helper()
 	res := run.Stop()
 	t.Logf("load: %s bodies=%v", res, res.Bodies)
@@ -137,7 +139,7 @@ func assertClean(t *testing.T, run *rawLoad, allowStale bool) loadResult {
 }
 
 // waitOK waits until the load saw n more OK responses than now.
-func waitOK(t *testing.T, run *rawLoad, n int64) {
+func waitOK(t *testing.T, run *loadgen.Run, n int64) {
 	t.Helper()
 	base := run.Snapshot().OK
 	if !waitFor(10*time.Second, func() bool { return run.Snapshot().OK >= base+n }) {
