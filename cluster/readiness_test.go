@@ -3,6 +3,7 @@ package cluster
 import (
 	"errors"
 	"os/exec"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -193,8 +194,29 @@ func TestReadiness_Delay(t *testing.T) {
 	if hows[0] != "delay" {
 		t.Errorf("ready by %q", hows[0])
 	}
-	_, err := h.reload(h.release("d2", "HELPER_MODE="+modeCrash))
+
+	// Workers that crash must die before their Delay is up whatever the load
+	// on the machine (a race-enabled helper can take most of a second just
+	// to start and crash): with a Delay far beyond any start time the reload
+	// fails on the condition itself, every worker exited, never on a race
+	// between the crash and the delay timer.
+	h2 := newHarness(t, Config{Workers: 2, Readiness: Readiness{Mode: ModeDelay, Delay: 5 * time.Minute, Timeout: 10 * time.Minute}})
+	_, err := h2.reload(h2.release("d2", "HELPER_MODE="+modeCrash))
 	if !errors.Is(err, ErrQuorumLost) {
 		t.Fatalf("got %v", err)
+	}
+	re := reloadErr(t, err)
+	if len(re.Workers) != 2 {
+		t.Fatalf("failed workers %+v", re.Workers)
+	}
+	for _, w := range re.Workers {
+		exitedFirst := strings.HasPrefix(w.Verdict, VerdictExitedAtOnce) || strings.HasPrefix(w.Verdict, VerdictExitedEarly)
+		if w.ExitStatus != "exit status 3" || !exitedFirst ||
+			!slices.Contains(w.LastLines, "boom: config missing") {
+			t.Errorf("worker %+v", w)
+		}
+	}
+	if n := len(h2.m.Status().Generations); n != 0 {
+		t.Errorf("%d generations left after the failed reload", n)
 	}
 }
