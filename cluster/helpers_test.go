@@ -130,6 +130,10 @@ func runWorkerRole(mode string) int {
 // a careful app does: keep-alives off (each response says Connection: close),
 // listeners closed, then it waits for its connections to finish.
 func serve(mode, body string) int {
+	// Before the sockets are touched: a reload may retire this worker the
+	// moment it is ready, and SIGTERM must then start the drain.
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGTERM)
 	ls, err := activation.Listeners()
 	listening := time.Now() // epoll registration happened in Listeners
 	if err != nil || len(ls) == 0 {
@@ -177,8 +181,6 @@ func serve(mode, body string) int {
 		fmt.Fprintln(os.Stderr, "panic: listen-crash")
 		os.Exit(4)
 	}
-	sig := make(chan os.Signal, 1)
-	signal.Notify(sig, syscall.SIGTERM)
 	<-sig
 	// No SetKeepAlivesEnabled(false) or Shutdown yet: both close idle
 	// keep-alive connections, racing a request the client may be sending.
