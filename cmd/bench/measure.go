@@ -3,7 +3,9 @@ package main
 import (
 	"context"
 	"fmt"
+	"os"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -44,7 +46,11 @@ type Row struct {
 	// master's or pm2's daemon's; WorkersUsage the app processes together.
 	ManagerUsage *Usage `json:"manager_usage,omitempty"`
 	WorkersUsage *Usage `json:"workers_usage,omitempty"`
-	Note         string `json:"note,omitempty"`
+	// OthersCPUPercent is the CPU (% of one core) the machine spent
+	// outside the benchmark (not the bench, the manager or the workers)
+	// during the row: how noisy the machine was.
+	OthersCPUPercent float64 `json:"others_cpu_percent"`
+	Note             string  `json:"note,omitempty"`
 	// Rounds are the baseline's rounds this row merges.
 	Rounds []Row `json:"rounds,omitempty"`
 }
@@ -74,6 +80,7 @@ type Reload struct {
 type Usage struct {
 	PIDs       int       `json:"pids"`
 	PerPID     []float64 `json:"per_pid_cpu_percent,omitempty"` // each worker's CPU %, to show how connections were split
+	RSSPerPID  []int64   `json:"rss_per_pid_kib,omitempty"`     // the manager's processes (the agent, its watchdog)
 	RSSKiB     int64     `json:"rss_kib"`                       // at the end of the row, summed
 	CPUPercent float64   `json:"cpu_percent"`                   // of one core, over the row
 }
@@ -133,6 +140,7 @@ func (b *bench) runRow(ctx context.Context, m manager, row *Row, plan rowPlan) e
 	}
 	res := run.Stop()
 	row.ManagerUsage, row.WorkersUsage = usage.end(m)
+	row.OthersCPUPercent = usage.others(row.ManagerUsage, row.WorkersUsage)
 	fillRow(row, res)
 	b.logger.Info("Row done", "manager", row.Manager, "scenario", row.Scenario, "mode", row.Mode,
 		"requests", row.Requests, "failed", row.FailedTotal, "stale", row.StaleKeepAlive,
@@ -307,12 +315,14 @@ func managerProcs(m manager) []procInfo {
 // usageMark remembers CPU ticks at a row's start.
 type usageMark struct {
 	at      time.Time
+	busy    uint64 // machine-wide busy ticks (/proc/stat)
+	self    uint64 // the bench's own ticks
 	mgr     map[int]procInfo
 	workers map[int]procInfo
 }
 
 func startUsage(m manager) usageMark {
-	u := usageMark{at: time.Now(), mgr: map[int]procInfo{}, workers: map[int]procInfo{}}
+	u := usageMark{at: time.Now(), mgr: map[int]procInfo{}, workers: map[int]procInfo{}, busy: busyTicks(), self: selfTicks()}
 	for _, p := range managerProcs(m) {
 		u.mgr[p.PID] = p
 	}
@@ -341,6 +351,7 @@ func (u usageMark) end(m manager) (mgr, workers *Usage) {
 			us.PIDs++
 			rss, _ := rssKiB(p.PID)
 			us.RSSKiB += rss
+			us.RSSPerPID = append(us.RSSPerPID, rss)
 			t := since(before, p)
 			ticks += t
 			us.PerPID = append(us.PerPID, pct(t))
@@ -352,7 +363,48 @@ func (u usageMark) end(m manager) (mgr, workers *Usage) {
 		mgr = sum(mp, u.mgr)
 		mgr.PerPID = nil
 	}
-	return mgr, sum(m.workers(), u.workers)
+	workers = sum(m.workers(), u.workers)
+	workers.RSSPerPID = nil
+	return mgr, workers
+}
+
+// others is the machine's CPU outside the bench, the manager and the
+// workers since the mark, in % of one core.
+func (u usageMark) others(mgr, workers *Usage) float64 {
+	wall := time.Since(u.at).Seconds()
+	busy := float64(busyTicks()-u.busy) / clockTicks / wall * 100
+	ours := float64(selfTicks()-u.self) / clockTicks / wall * 100
+	if mgr != nil {
+		ours += mgr.CPUPercent
+	}
+	if workers != nil {
+		ours += workers.CPUPercent
+	}
+	return max(0, busy-ours)
+}
+
+// busyTicks sums the non-idle times of the first line of /proc/stat.
+func busyTicks() uint64 {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	f := strings.Fields(line)
+	var busy uint64
+	for i, v := range f[1:] {
+		n, _ := strconv.ParseUint(v, 10, 64)
+		// user nice system idle iowait irq softirq steal guest guest_nice
+		if i != 3 && i != 4 && i < 8 {
+			busy += n
+		}
+	}
+	return busy
+}
+
+func selfTicks() uint64 {
+	p, _ := readProc(os.Getpid())
+	return p.Ticks
 }
 
 func sleepCtx(ctx context.Context, d time.Duration) bool {
@@ -385,7 +437,7 @@ func mergeRounds(rs []Row) Row {
 	m.Seconds, m.Requests, m.OK, m.FailedTotal, m.StaleKeepAlive, m.MaxMS = 0, 0, 0, 0, 0, 0
 	m.PerSecond = nil
 	var p50, p99 []float64
-	var mgrCPU, wCPU, secs float64
+	var mgrCPU, wCPU, secs, others float64
 	var perPID []float64
 	for _, r := range rs {
 		m.Seconds += r.Seconds
@@ -427,6 +479,10 @@ func mergeRounds(rs []Row) Row {
 			}
 		}
 		secs += r.Seconds
+		others += r.OthersCPUPercent * r.Seconds
+	}
+	if secs > 0 {
+		m.OthersCPUPercent = others / secs
 	}
 	m.P50MS, m.P99MS = median(p50), median(p99)
 	m.Note = strings.Join(notes, "; ")
