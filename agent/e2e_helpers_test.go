@@ -75,7 +75,7 @@ func nodeServer(t *testing.T) string {
 func tarGz(t *testing.T, files map[string]file) []byte {
 	t.Helper()
 	var buf bytes.Buffer
-	gz := gzip.NewWriter(&buf)
+	gz, _ := gzip.NewWriterLevel(&buf, gzip.BestSpeed) // the race detector makes compression slow
 	tw := tar.NewWriter(gz)
 	dirs := map[string]bool{}
 	for name := range files {

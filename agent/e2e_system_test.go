@@ -127,3 +127,59 @@ func TestE2E_socketActivation(t *testing.T) {
 		t.Errorf("exit code %d after SIGTERM\n%s", code, p.log())
 	}
 }
+
+// TestE2E_goWorkerNotify deploys the Go example (examples/go) with
+// readiness mode "notify": ready means READY=1 on the worker's
+// NOTIFY_SOCKET. A deploy and a rollback under load lose no request.
+func TestE2E_goWorkerNotify(t *testing.T) {
+	t.Parallel()
+	bin := filepath.Join(t.TempDir(), "server")
+	build := exec.Command("go", "build", "-ldflags=-s -w", "-o", bin, "../examples/go")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("building examples/go: %v\n%s", err, out)
+	}
+	s := newSetup(t, "")
+	cfg := mustRead(t, s.cfg)
+	cfg = strings.Replace(cfg, `command = ["node", "server.js"]`, `command = ["./server"]`, 1)
+	cfg = strings.Replace(cfg, "[readiness]\n", "[readiness]\nmode = \"notify\"\n", 1)
+	s.writeConfig(cfg)
+	// Local directories this time (compressing a Go binary under the race
+	// detector takes seconds).
+	release := func(name string) string {
+		dir := filepath.Join(s.dir, "build-"+name)
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Link(bin, filepath.Join(dir, "server")); err != nil {
+			t.Fatal(err)
+		}
+		os.WriteFile(filepath.Join(dir, "VERSION"), []byte(name), 0o644)
+		return dir
+	}
+	g1, g2 := release("g1"), release("g2")
+
+	s.start(nil)
+	s.mustDo("deploy", "--id", "g1", g1)
+	addr := s.appAddr()
+	if got := get(t, addr); got != "hello from g1" {
+		t.Fatalf("g1 serves %q", got)
+	}
+	load := startLoad(t, addr)
+	waitFor(t, 10*time.Second, "load to get answers", func() bool { return load.Snapshot().OK > 20 })
+	snap := checkLoad(t, "before deploy", load, nil)
+	if r := s.mustDo("deploy", "--id", "g2", g2); !strings.Contains(r.stdout, "readiness notify") {
+		t.Errorf("deploy output: %v", r)
+	}
+	if got := get(t, addr); got != "hello from g2" {
+		t.Errorf("after deploy g2: %q", got)
+	}
+	snap = checkLoad(t, "deploy g2", load, snap)
+	s.mustDo("rollback")
+	if got := get(t, addr); got != "hello from g1" {
+		t.Errorf("after rollback: %q", got)
+	}
+	checkLoad(t, "rollback to g1", load, snap)
+	if final := load.Stop(); final.FailedTotal != 0 {
+		t.Errorf("failed requests: %s", final)
+	}
+}

@@ -196,6 +196,22 @@ func (d *daemon) deploy(ctx context.Context, o *op) Message {
 		return fail(codeInternal, "failed", err, "", nil)
 	}
 	existed := contains(existing, id)
+	if existed && id != prev {
+		prepared, err := d.prepared(id)
+		if err != nil {
+			return fail(codeInternal, "failed", err, "", nil)
+		}
+		if !prepared {
+			// Left by a deploy that never reached the swap (the agent was
+			// killed): its link step or pre-activate hooks may not have
+			// finished. Start over from a fresh fetch.
+			if err := d.store.Remove(id); err != nil {
+				return fail(codeInternal, "failed", err, "", nil)
+			}
+			d.emit(o, "cleanup", "done", "removed releases/%s, left by an interrupted deploy", id)
+			existed = false
+		}
+	}
 
 	d.emit(o, "fetch", "start", "%s -> releases/%s", url, id)
 	var last time.Time
@@ -278,6 +294,25 @@ func (d *daemon) deploy(ctx context.Context, o *op) Message {
 	d.record(o, ev)
 	d.prune(o)
 	return Message{Code: codeOK, ID: id, From: prev}
+}
+
+// prepared reports whether release id went through its link step and
+// pre-activate hooks: it was activated at least once (any history entry
+// past the fetch), or current names it.
+func (d *daemon) prepared(id string) (bool, error) {
+	if currentOrEmpty(d.store) == id {
+		return true, nil
+	}
+	h, err := d.store.History()
+	if err != nil {
+		return false, err
+	}
+	for _, ev := range h {
+		if ev.ID == id && ev.Result != "refused" {
+			return true, nil
+		}
+	}
+	return false, nil
 }
 
 func (d *daemon) removeRelease(o *op, id string) {
