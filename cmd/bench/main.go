@@ -67,10 +67,10 @@ func run() int {
 	}
 	b.logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 	b.warm, b.baseline, b.rounds, b.first, b.every, b.tail, b.reloads, b.reloadRounds, b.bootRuns, b.readyTimeout =
-		2*time.Second, 3*time.Second, 3, 1500*time.Millisecond, 3*time.Second, 1500*time.Millisecond, 10, 2, 3, 5*time.Second
+		2*time.Second, 3*time.Second, 3, 1500*time.Millisecond, 3*time.Second, 1500*time.Millisecond, 10, 2, 3, 10*time.Second
 	if *quick {
 		b.warm, b.baseline, b.rounds, b.first, b.tail, b.reloads, b.reloadRounds, b.bootRuns, b.readyTimeout =
-			500*time.Millisecond, 2*time.Second, 1, time.Second, time.Second, 2, 1, 1, 3*time.Second
+			500*time.Millisecond, 2*time.Second, 1, time.Second, time.Second, 2, 1, 1, 6*time.Second
 	}
 	b.reloadSlack = 1.6
 	if *quick {
