@@ -190,7 +190,7 @@ func (m *handoffMgr) waitGenerationServing(ctx context.Context, timeout time.Dur
 				}
 			}
 		}
-		if !sleepCtx(ctx, 10*time.Millisecond) {
+		if !sleepCtx(ctx, 25*time.Millisecond) {
 			return time.Time{}, ctx.Err()
 		}
 	}
