@@ -2,7 +2,6 @@ package main
 
 import (
 	"bytes"
-	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -204,15 +203,15 @@ kill $!`
 	}
 	v2Files := appFiles(t, v2Server, map[string]file{"VERSION": {body: "2"}})
 	if stage == "unpacking" {
-		// Unpacking 48 MiB takes long enough to be caught in the act; the
-		// small first entry shows that it started.
-		big := make([]byte, 48<<20)
-		rand.Read(big)
+		// Unpacking 20000 files takes long enough to be caught in the act;
+		// the first entry shows that it started.
 		v2Files["0-first"] = file{body: "first"}
-		v2Files["zz-big.bin"] = file{body: string(big)}
+		for i := range 20000 {
+			v2Files["many/"+strconv.Itoa(i%100)+"/"+strconv.Itoa(i)] = file{body: "x"}
+		}
 	}
 	v1 := s.art.add(t, "v1", v1Files)
-	v2 := s.art.add(t, "v2", v2Files)
+	v2 := s.art.addFast(t, "v2", v2Files)
 	var stalled *stalledServer
 	if stage == "downloading" {
 		stalled = newStalledServer(t, tarGz(t, v2Files))
@@ -246,7 +245,15 @@ kill $!`
 	switch stage {
 	case "downloading":
 		<-stalled.sent
-		d.waitEvent("download progress", 30*time.Second, func(m Message) bool { return m.Stage == "fetch" && m.Kind == "progress" && m.Done > 0 })
+		waitFor(t, 30*time.Second, "half the archive in .incoming", func() bool {
+			m, _ := filepath.Glob(filepath.Join(s.root, "releases", ".incoming", "*", "download", "*"))
+			for _, p := range m {
+				if fi, err := os.Stat(p); err == nil && fi.Size() > 0 {
+					return true
+				}
+			}
+			return false
+		})
 	case "unpacking":
 		waitFor(t, 60*time.Second, "unpacking to start", func() bool {
 			m, _ := filepath.Glob(filepath.Join(s.root, "releases", ".incoming", "*", "tree", "0-first"))
@@ -310,6 +317,7 @@ kill $!`
 
 	// Restart.
 	if mode == "by-hand" {
+		waitFor(t, 10*time.Second, "the port to be free (no orphan holding it)", func() bool { return listenInode(t, port) == "" })
 		s.start(nil)
 	} else {
 		waitFor(t, 30*time.Second, "the socket unit to restart the agent", func() bool {

@@ -1,0 +1,332 @@
+package main
+
+import (
+	"archive/tar"
+	"bytes"
+	"compress/gzip"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// rawEntry is one tar entry written as is (hostile archives).
+type rawEntry struct {
+	hdr  tar.Header
+	body []byte
+}
+
+func rawTarGz(t *testing.T, entries []rawEntry) []byte {
+	t.Helper()
+	var buf bytes.Buffer
+	gz, _ := gzip.NewWriterLevel(&buf, gzip.BestSpeed)
+	tw := tar.NewWriter(gz)
+	for _, e := range entries {
+		h := e.hdr
+		if h.Typeflag == tar.TypeReg {
+			h.Size = int64(len(e.body))
+		}
+		if h.Mode == 0 {
+			h.Mode = 0o644
+		}
+		if err := tw.WriteHeader(&h); err != nil {
+			t.Fatal(err)
+		}
+		tw.Write(e.body)
+	}
+	tw.Close()
+	gz.Close()
+	return buf.Bytes()
+}
+
+// hostileServer serves fixed blobs and a few misbehaving endpoints.
+type hostileServer struct {
+	srv   *httptest.Server
+	blobs map[string][]byte
+	stall chan struct{}
+}
+
+func newHostileServer(t *testing.T) *hostileServer {
+	h := &hostileServer{blobs: map[string][]byte{}, stall: make(chan struct{})}
+	h.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/500.tar.gz":
+			http.Error(w, "boom", http.StatusInternalServerError)
+		case "/redirect-file.tar.gz":
+			http.Redirect(w, r, "file:///etc/passwd", http.StatusFound)
+		case "/stall.tar.gz":
+			w.Header().Set("Content-Length", "100000")
+			w.Write(bytes.Repeat([]byte{0x1f}, 1000))
+			w.(http.Flusher).Flush()
+			select {
+			case <-h.stall:
+			case <-r.Context().Done():
+			}
+		default:
+			b, ok := h.blobs[strings.TrimPrefix(r.URL.Path, "/")]
+			if !ok {
+				http.NotFound(w, r)
+				return
+			}
+			w.Write(b)
+		}
+	}))
+	t.Cleanup(func() { close(h.stall); h.srv.CloseClientConnections(); h.srv.Close() })
+	return h
+}
+
+// add publishes b (before the server serves) and returns its URL with a
+// checksum.
+func (h *hostileServer) add(name string, b []byte) string {
+	h.blobs[name] = b
+	sum := sha256.Sum256(b)
+	return h.srv.URL + "/" + name + "?checksum=sha256:" + hex.EncodeToString(sum[:])
+}
+
+// TestHostile_deployInputs sends one hostile artifact or URL of each class
+// through `agent deploy` to an agent serving v1 under load: each is refused
+// with a one-line cause, nothing in the root changes, and no request fails.
+// A URL with credentials deploys, and the secret appears nowhere.
+func TestHostile_deployInputs(t *testing.T) {
+	t.Parallel()
+	s := newSetup(t, `
+[fetch]
+allow = ["http", "https"]
+require_checksum = true
+max_bytes = "8MiB"
+timeout = "3s"
+`)
+	hs := newHostileServer(t)
+	app := func(extra ...rawEntry) []byte {
+		return rawTarGz(t, append([]rawEntry{{hdr: tar.Header{Name: "server.js", Typeflag: tar.TypeReg}, body: []byte(nodeServer(t))}}, extra...))
+	}
+	v1 := hs.add("v1.tar.gz", app())
+	good := app(rawEntry{hdr: tar.Header{Name: "VERSION", Typeflag: tar.TypeReg}, body: []byte("2")})
+	goodURL := hs.add("good.tar.gz", good)
+	good2URL := hs.add("good2.tar.gz", app(rawEntry{hdr: tar.Header{Name: "VERSION", Typeflag: tar.TypeReg}, body: []byte("3")}))
+	sum := sha256.Sum256(good)
+	cases := []struct {
+		name string
+		url  string
+		want string // in the one-line cause
+	}{
+		{name: "path traversal", url: hs.add("traversal.tar.gz", app(rawEntry{hdr: tar.Header{Name: "../../evil", Typeflag: tar.TypeReg}, body: []byte("x")})), want: "unsafe archive"},
+		{name: "absolute path", url: hs.add("absolute.tar.gz", app(rawEntry{hdr: tar.Header{Name: "/tmp/evil", Typeflag: tar.TypeReg}, body: []byte("x")})), want: "unsafe archive"},
+		{name: "symlink escape", url: hs.add("symlink.tar.gz", app(
+			rawEntry{hdr: tar.Header{Name: "etc", Typeflag: tar.TypeSymlink, Linkname: "/etc"}},
+			rawEntry{hdr: tar.Header{Name: "etc/evil", Typeflag: tar.TypeReg}, body: []byte("x")})), want: "unsafe archive"},
+		{name: "chained symlink escape", url: hs.add("chained.tar.gz", app(
+			rawEntry{hdr: tar.Header{Name: "a", Typeflag: tar.TypeSymlink, Linkname: "b/../.."}},
+			rawEntry{hdr: tar.Header{Name: "b", Typeflag: tar.TypeSymlink, Linkname: "."}})), want: "unsafe archive"},
+		{name: "hardlink escape", url: hs.add("hardlink.tar.gz", app(rawEntry{hdr: tar.Header{Name: "passwd", Typeflag: tar.TypeLink, Linkname: "../../../../etc/passwd"}})), want: "unsafe archive"},
+		{name: "device node", url: hs.add("device.tar.gz", app(rawEntry{hdr: tar.Header{Name: "null", Typeflag: tar.TypeChar, Devmajor: 1, Devminor: 3}})), want: "unsafe archive"},
+		{name: "gzip bomb", url: hs.add("bomb.tar.gz", app(rawEntry{hdr: tar.Header{Name: "zeros", Typeflag: tar.TypeReg}, body: make([]byte, 64<<20)})), want: "too large"},
+		{name: "wrong checksum", url: hs.srv.URL + "/good.tar.gz?checksum=sha256:" + strings.Repeat("0", 64), want: "checksum mismatch"},
+		{name: "missing checksum", url: hs.srv.URL + "/good.tar.gz", want: "checksum required"},
+		{name: "404", url: hs.srv.URL + "/missing.tar.gz?checksum=sha256:" + hex.EncodeToString(sum[:]), want: "404"},
+		{name: "500", url: hs.srv.URL + "/500.tar.gz?checksum=sha256:" + hex.EncodeToString(sum[:]), want: "500"},
+		{name: "stall mid-body", url: hs.srv.URL + "/stall.tar.gz?checksum=sha256:" + hex.EncodeToString(sum[:]), want: "timed out after 3s"},
+		{name: "redirect to file", url: hs.srv.URL + "/redirect-file.tar.gz?checksum=sha256:" + hex.EncodeToString(sum[:]), want: "scheme not allowed"},
+		{name: "scheme not allowed", url: "file:///etc/passwd", want: "scheme not allowed"},
+	}
+
+	p := s.start(nil)
+	s.mustDo("deploy", "--id", "v1", v1)
+	addr := s.appAddr()
+	load := startLoad(t, addr)
+	waitServed(t, load, 20)
+	snap := load.Snapshot()
+	before := rootSnapshot(t, s.root)
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			r := s.do("deploy", "--id", "bad", c.url)
+			if r.code != 1 && r.code != 2 {
+				t.Errorf("want exit 1 or 2, got %v", r)
+			}
+			if !strings.Contains(r.stderr, c.want) {
+				t.Errorf("stderr lacks %q: %v", c.want, r)
+			}
+			if first := strings.SplitN(r.stderr, "\n", 2)[0]; !strings.Contains(first, "deploy") {
+				t.Errorf("the first line does not say what failed: %q", first)
+			}
+			if after := rootSnapshot(t, s.root); after != before {
+				t.Errorf("the root changed:\nbefore:\n%s\nafter:\n%s", before, after)
+			}
+		})
+	}
+	if got := get(t, addr); got != "hello from v1" {
+		t.Errorf("after the hostile deploys: %q", got)
+	}
+	h := s.status().LastDeploys
+	for _, e := range h[1:] {
+		if e.ID != "bad" || e.Result != "refused" && e.Result != "failed" {
+			t.Errorf("history entry of a hostile deploy: %+v", e)
+		}
+	}
+
+	// Credentials in the URL: they reach the server, and appear nowhere.
+	const secret = "s3cr3t-pa55"
+	u := strings.Replace(goodURL, "http://", "http://deployer:"+secret+"@", 1)
+	r := s.mustDo("deploy", "--id", "v2", u)
+	rj := s.mustDo("deploy", "--json", "--id", "v2b", strings.Replace(good2URL, "http://", "http://deployer:"+secret+"@", 1))
+	rf := s.do("deploy", "--id", "v3", strings.Replace(u, "good.tar.gz", "missing.tar.gz", 1))
+	if rf.code != 1 {
+		t.Errorf("404 with credentials: %v", rf)
+	}
+	st := s.mustDo("status", "--json")
+	hist := s.mustDo("history")
+	state := mustRead(t, filepath.Join(s.root, ".agent", "state.json"))
+	for what, text := range map[string]string{
+		"deploy output": r.stdout + r.stderr, "deploy --json output": rj.stdout + rj.stderr, "failed deploy output": rf.stdout + rf.stderr,
+		"status --json": st.stdout, "history": hist.stdout, "state.json": state, "agent log": p.log(),
+	} {
+		if strings.Contains(text, secret) {
+			t.Errorf("%s shows the URL's password:\n%s", what, text)
+		}
+		if !strings.Contains(text, "deployer") && what != "deploy output" && what != "deploy --json output" {
+			t.Errorf("%s does not name the (redacted) URL at all:\n%s", what, text)
+		}
+	}
+	checkLoad(t, "hostile deploys", load, snap)
+}
+
+// TestHostile_configRefused starts a second `agent run` (and a client) on
+// broken configs next to a running agent: each is refused with
+// FILE:LINE:COL and exit 2, and the running agent serves on untouched.
+func TestHostile_configRefused(t *testing.T) {
+	t.Parallel()
+	s := newSetup(t, "")
+	v1 := s.art.app(t, "v1", nil)
+	s.start(nil)
+	s.mustDo("deploy", "--id", "v1", v1)
+	addr := s.appAddr()
+	load := startLoad(t, addr)
+	waitServed(t, load, 20)
+	snap := load.Snapshot()
+	pid := s.status().PID
+	before := rootSnapshot(t, s.root)
+
+	head := fmt.Sprintf("root = %q\n", s.root)
+	cases := []struct {
+		name, text, want string
+	}{
+		{name: "unknown key", text: head + "[app]\ncommand = [\"node\"]\nworkerz = 2\n", want: `:4:1: unknown key "app.workerz"`},
+		{name: "wrong type", text: head + "keep_releases = \"five\"\n[app]\ncommand = [\"node\"]\n", want: ":2:17: keep_releases:"},
+		{name: "zero workers", text: head + "[app]\ncommand = [\"node\"]\nworkers = 0\n", want: ":4:11: app.workers:"},
+		{name: "negative count", text: head + "keep_releases = -1\n[app]\ncommand = [\"node\"]\n", want: ":2:17: keep_releases:"},
+		{name: "zero duration", text: head + "[app]\ncommand = [\"node\"]\ndrain_timeout = \"0s\"\n", want: ":4:17: app.drain_timeout:"},
+		{name: "negative duration", text: head + "[app]\ncommand = [\"node\"]\n[hooks]\ntimeout = \"-1m\"\n", want: ":5:11: hooks.timeout:"},
+		{name: "missing command", text: head + "[app]\nworkers = 2\n", want: `missing required key "app.command"`},
+		{name: "empty command", text: head + "[app]\ncommand = []\n", want: ":3:11: app.command:"},
+		{name: "duplicate listen names", text: head + "[app]\ncommand = [\"node\"]\n[[listen]]\nname = \"http\"\naddress = \"127.0.0.1:0\"\n[[listen]]\nname = \"http\"\naddress = \"127.0.0.1:0\"\n", want: ":8:8: listen"},
+		{name: "address in use", text: head + "[app]\ncommand = [\"node\"]\n[control]\nsocket = \"" + filepath.Join(s.dir, "other.sock") + "\"\n[[listen]]\nname = \"http\"\naddress = \"" + addr + "\"\n", want: ":8:11: listen"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			path := filepath.Join(s.dir, "deploy-"+strings.ReplaceAll(c.name, " ", "-")+".toml")
+			if err := os.WriteFile(path, []byte(c.text), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			r := cli(t, nil, "run", "-c", path)
+			if r.code != 2 || !strings.Contains(r.stderr, path+c.want) {
+				t.Errorf("agent run: want exit 2 and %q, got %v", path+c.want, r)
+			}
+			if c.name != "address in use" {
+				if r := cli(t, nil, "status", "-c", path); r.code != 2 || !strings.Contains(r.stderr, path+c.want) {
+					t.Errorf("agent status: want exit 2 and %q, got %v", path+c.want, r)
+				}
+			}
+		})
+	}
+	st := s.status()
+	if st.PID != pid || st.Current != "v1" || len(st.Generations) != 1 {
+		t.Errorf("the running agent changed: %+v", st)
+	}
+	if after := rootSnapshot(t, s.root); after != before {
+		t.Errorf("the root changed:\nbefore:\n%s\nafter:\n%s", before, after)
+	}
+	checkLoad(t, "refused configs", load, snap)
+}
+
+// TestHostile_controlSocket sends malformed and oversized requests and
+// holds silent connections open: each gets a usage result (the silent ones
+// after the request timeout), and the agent's fds and threads return to
+// their baseline.
+func TestHostile_controlSocket(t *testing.T) {
+	t.Parallel()
+	s := newSetup(t, "")
+	p := s.start(nil)
+	pid := p.cmd.Process.Pid
+	s.status()
+	base := readProc(t, pid)
+
+	send := func(payload []byte) string {
+		c, err := net.Dial("unix", s.sock)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(30 * time.Second))
+		go func() { c.Write(payload); c.(*net.UnixConn).CloseWrite() }()
+		b, _ := io.ReadAll(c)
+		return string(b)
+	}
+	for _, c := range []struct {
+		name    string
+		payload []byte
+		want    string
+	}{
+		{name: "malformed", payload: []byte("{\"op\": deploy}\n"), want: `"code":"usage","error":"bad request: invalid character`},
+		{name: "unknown field", payload: []byte(`{"op":"status","evil":1}`), want: `"code":"usage","error":"bad request: json: unknown field \"evil\""`},
+		{name: "unknown op", payload: []byte(`{"op":"rm -rf"}`), want: `"code":"usage","error":"unknown op \"rm -rf\""`},
+		{name: "oversized", payload: []byte(`{"op":"deploy","url":"` + strings.Repeat("a", 200<<10) + `"}`), want: `"code":"usage","error":"bad request: incomplete or larger than 65536 bytes"`},
+		{name: "binary", payload: []byte{0, 1, 2, 0xff, 0xfe}, want: `"code":"usage"`},
+	} {
+		if got := send(c.payload); !strings.Contains(got, c.want) || strings.Count(got, "\n") != 1 {
+			t.Errorf("%s: want one result line with %q, got %q", c.name, c.want, got)
+		}
+	}
+
+	// Silent clients: each is answered once the request timeout passes.
+	const silent = 20
+	conns := make([]net.Conn, silent)
+	for i := range conns {
+		c, err := net.Dial("unix", s.sock)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		conns[i] = c
+	}
+	waitFor(t, 10*time.Second, "the silent connections to be accepted", func() bool { return readProc(t, pid).fds >= base.fds+silent })
+	held := readProc(t, pid)
+	// The agent serves others meanwhile.
+	if st := s.status(); st.PID != pid {
+		t.Errorf("status while silent clients wait: %+v", st)
+	}
+	for i, c := range conns {
+		c.SetReadDeadline(time.Now().Add(requestTimeout + 20*time.Second))
+		b, _ := io.ReadAll(c)
+		if !strings.Contains(string(b), "bad request: no request within "+requestTimeout.String()) {
+			t.Errorf("silent client %d got %q", i, b)
+		}
+	}
+	waitFor(t, 10*time.Second, "the agent's fds to return to their baseline", func() bool { return readProc(t, pid).fds <= base.fds })
+	after := readProc(t, pid)
+	t.Logf("agent fds %d -> %d with %d silent clients -> %d; threads %d -> %d -> %d", base.fds, held.fds, silent, after.fds, base.threads, held.threads, after.threads)
+	if after.threads > base.threads+4 {
+		t.Errorf("threads grew from %d to %d", base.threads, after.threads)
+	}
+	if r := s.mustDo("status", "--json"); !strings.Contains(r.stdout, `"pid": `+strconv.Itoa(pid)) && !strings.Contains(r.stdout, `"pid":`+strconv.Itoa(pid)) {
+		t.Errorf("status after the hostile clients: %s", r.stdout)
+	}
+}
