@@ -48,12 +48,13 @@ type slot struct {
 	id int
 
 	// guarded by m.mu
-	proc     *proc
-	startErr error
-	state    string
-	restarts int
-	lastExit string
-	backoff  time.Duration
+	proc        *proc
+	startErr    error
+	state       string
+	restarts    int
+	lastExit    string
+	backoff     time.Duration
+	consecutive int // crashes in a row, for the backoff
 }
 
 func (g *generation) signal() {
@@ -72,20 +73,21 @@ func (g *generation) stopping() bool {
 	}
 }
 
-// run supervises worker slot s, starting with p (or the error starting it).
-// Before the generation is promoted an exited worker stays down (the reload
-// decides); once it serves, a dead worker is restarted in the generation's
-// own directory with exponential backoff.
+// run supervises worker slot s, starting with p (or the error starting it;
+// neither for a slot handed over by an upgrade with no process running,
+// which is restarted). Before the generation is promoted an exited worker
+// stays down (the reload decides); once it serves, a dead worker is
+// restarted in the generation's own directory with exponential backoff.
 func (s *slot) run(p *proc, err error) {
 	defer s.g.wg.Done()
 	m := s.g.m
-	consecutive := 0
 	for {
 		var up time.Duration
-		if err == nil {
+		switch {
+		case p != nil:
 			s.watch(p)
 			up = p.exitedAt.Sub(p.started)
-		} else {
+		case err != nil:
 			m.log.Warn("Worker start failed", "gen", s.g.id, "worker", s.id, "err", err)
 			m.mu.Lock()
 			s.state, s.lastExit, s.startErr = WorkerExited, err.Error(), err
@@ -103,15 +105,15 @@ func (s *slot) run(p *proc, err error) {
 		if s.g.stopping() {
 			return
 		}
+		m.mu.Lock()
 		if up > max(m.cfg.BackoffMax, time.Second) {
-			consecutive = 0
+			s.consecutive = 0
 		}
-		delay := m.cfg.BackoffMin << min(consecutive, 30)
+		delay := m.cfg.BackoffMin << min(s.consecutive, 30)
 		if delay > m.cfg.BackoffMax || delay <= 0 {
 			delay = m.cfg.BackoffMax
 		}
-		consecutive++
-		m.mu.Lock()
+		s.consecutive++
 		s.state, s.backoff = WorkerBackoff, delay
 		m.mu.Unlock()
 		m.log.Info("Restarting worker", "gen", s.g.id, "worker", s.id, "in", delay)
@@ -122,13 +124,12 @@ func (s *slot) run(p *proc, err error) {
 			t.Stop()
 			return
 		}
-		p, err = m.startProc(s.g, s.id)
-		m.mu.Lock()
-		s.restarts++
-		if err == nil {
-			s.proc, s.startErr, s.state = p, nil, WorkerStarting
-		}
-		m.mu.Unlock()
+		p, err = m.spawn(s, func(p *proc, err error) {
+			s.restarts++
+			if err == nil {
+				s.proc, s.startErr, s.state = p, nil, WorkerStarting
+			}
+		})
 		if err == nil {
 			m.emit(ReloadEvent{Kind: "worker-started", Generation: s.g.id, Worker: s.id, PID: p.pid, Message: "restart"})
 			if s.g.stopping() {
@@ -150,12 +151,14 @@ func (s *slot) watch(p *proc) {
 			s.state = WorkerReady
 		}
 		m.mu.Unlock()
-		p.mu.Lock()
-		how, after := p.readyHow, p.readyAt.Sub(p.started)
-		p.mu.Unlock()
-		p.log.Info("Worker ready", "by", how, "after", after)
-		m.emit(ReloadEvent{Kind: "worker-ready", Generation: s.g.id, Worker: s.id, PID: p.pid, Message: how})
-		s.g.signal()
+		if !p.adoptedReady { // an adopted worker's readiness was told before
+			p.mu.Lock()
+			how, after := p.readyHow, p.readyAt.Sub(p.started)
+			p.mu.Unlock()
+			p.log.Info("Worker ready", "by", how, "after", after)
+			m.emit(ReloadEvent{Kind: "worker-ready", Generation: s.g.id, Worker: s.id, PID: p.pid, Message: how})
+			s.g.signal()
+		}
 		<-p.done
 	case <-p.done:
 	}

@@ -22,21 +22,26 @@ import (
 )
 
 // The test binary doubles as the worker shim, as every kind of worker
-// (CLUSTER_TEST_ROLE=worker, HELPER_MODE=…) and as a master process that a
-// test kills (CLUSTER_TEST_ROLE=master).
+// (CLUSTER_TEST_ROLE=worker, HELPER_MODE=…), as a master process that a
+// test kills (CLUSTER_TEST_ROLE=master) and as one that upgrades itself
+// (CLUSTER_TEST_ROLE=upgrader, upgrade_test.go).
 func TestMain(m *testing.M) {
 	RunShimIfRequested()
-	switch os.Getenv("CLUSTER_TEST_ROLE") {
-	case "worker":
-		os.Exit(runWorkerRole(os.Getenv("HELPER_MODE")))
-	case "master":
-		os.Exit(runMasterRole())
-	case "adopt":
-		os.Exit(runAdoptRole())
-	}
-	// Race-enabled helpers would sleep 1s at exit (atexit_sleep_ms).
-	os.Setenv("GORACE", "atexit_sleep_ms=0 "+os.Getenv("GORACE"))
-	os.Exit(m.Run())
+	os.Exit(RunMain(func() int {
+		switch os.Getenv("CLUSTER_TEST_ROLE") {
+		case "worker":
+			return runWorkerRole(os.Getenv("HELPER_MODE"))
+		case "master":
+			return runMasterRole()
+		case "upgrader":
+			return runUpgraderRole()
+		case "adopt":
+			return runAdoptRole()
+		}
+		// Race-enabled helpers would sleep 1s at exit (atexit_sleep_ms).
+		os.Setenv("GORACE", "atexit_sleep_ms=0 "+os.Getenv("GORACE"))
+		return m.Run()
+	}))
 }
 
 // Worker modes of the helper.

@@ -22,8 +22,20 @@ const loadBound = 2 * time.Minute
 // the end of the test if the test did not stop it.
 func startLoad(t testing.TB, addr string, conns int) *loadgen.Run {
 	t.Helper()
+	return startLoadOpts(t, addr, conns, true)
+}
+
+// startFreshLoad is a load whose every request opens a new connection: a
+// moment when the port refused connections would show.
+func startFreshLoad(t testing.TB, addr string, conns int) *loadgen.Run {
+	t.Helper()
+	return startLoadOpts(t, addr, conns, false)
+}
+
+func startLoadOpts(t testing.TB, addr string, conns int, keepAlive bool) *loadgen.Run {
+	t.Helper()
 	run, err := loadgen.Start(context.Background(), loadgen.Options{
-		Addr: addr, Conns: conns, KeepAlive: true, Duration: loadBound,
+		Addr: addr, Conns: conns, KeepAlive: keepAlive, Duration: loadBound,
 	})
 	if err != nil {
 		t.Fatal(err)

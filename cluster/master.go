@@ -53,11 +53,21 @@ type Master struct {
 	spawnSeq  atomic.Int64
 
 	reloading atomic.Bool
-	closing   chan struct{}
-	reloadWG  sync.WaitGroup
-	shutOnce  sync.Once
-	shutDone  chan struct{}
-	shutErr   error
+	// spawnMu is held for reading from a spawn to the registration of the
+	// process in its slot, reapMu from a worker's exit to its done; Upgrade
+	// holds both for writing, so it sees every worker registered, and
+	// either alive and not reaped or done.
+	spawnMu sync.RWMutex
+	reapMu  sync.RWMutex
+	upMu    sync.Mutex  // Upgrade and Shutdown exclude each other
+	pausing atomic.Bool // readers stopped by pauseIO return quietly
+	resumed bool        // made by Resume
+
+	closing  chan struct{}
+	reloadWG sync.WaitGroup
+	shutOnce sync.Once
+	shutDone chan struct{}
+	shutErr  error
 
 	emitMu  sync.Mutex
 	emitter func(ReloadEvent)
@@ -194,10 +204,7 @@ func (m *Master) Reload(ctx context.Context, spec GenerationSpec, events func(Re
 		if chanClosed(m.closing) {
 			break // Shutdown began: start nothing more
 		}
-		p, err := m.startProc(g, s.id)
-		m.mu.Lock()
-		s.proc, s.startErr = p, err
-		m.mu.Unlock()
+		p, err := m.spawn(s, func(p *proc, err error) { s.proc, s.startErr = p, err })
 		if err == nil {
 			m.emit(ReloadEvent{Kind: "worker-started", Generation: g.id, Worker: s.id, PID: p.pid})
 		}
@@ -413,6 +420,18 @@ func (m *Master) fail(g *generation, cause error, start time.Time) error {
 	return err
 }
 
+// spawn starts worker s.id of s's generation and calls register with the
+// result under m.mu, all under spawnMu.
+func (m *Master) spawn(s *slot, register func(*proc, error)) (*proc, error) {
+	m.spawnMu.RLock()
+	defer m.spawnMu.RUnlock()
+	p, err := m.startProc(s.g, s.id)
+	m.mu.Lock()
+	register(p, err)
+	m.mu.Unlock()
+	return p, err
+}
+
 func (m *Master) removeGen(g *generation) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -437,6 +456,8 @@ func (m *Master) removeGen(g *generation) {
 func (m *Master) Shutdown(ctx context.Context) error {
 	m.shutOnce.Do(func() {
 		defer close(m.shutDone)
+		m.upMu.Lock() // an Upgrade in progress fails or replaces the program first
+		defer m.upMu.Unlock()
 		m.mu.Lock()
 		m.closed = true
 		close(m.closing)

@@ -25,13 +25,16 @@ const lastLinesKept = 20
 // goroutine (waiter) waits for it; done closes once it is reaped, its group
 // is gone and its output is drained.
 type proc struct {
-	m       *Master
-	gen     int
-	worker  int
-	pid     int
-	cmd     *exec.Cmd
-	started time.Time
-	log     *slog.Logger
+	m            *Master
+	gen          int
+	worker       int
+	pid          int
+	cmd          *exec.Cmd   // nil for a worker adopted after an upgrade
+	process      *os.Process // the one waited for
+	started      time.Time
+	log          *slog.Logger
+	adopted      bool // handed over by an upgrade
+	adoptedReady bool // and ready before it
 
 	ready     chan struct{} // closed when ready
 	readyOnce sync.Once
@@ -40,10 +43,12 @@ type proc struct {
 	hurryOnce sync.Once
 	done      chan struct{} // closed after reap, group kill and output drain
 
-	notify *net.UnixConn
-	rOut   *os.File
-	rErr   *os.File
-	bg     sync.WaitGroup // output and notify readers, readiness watcher
+	notify     *net.UnixConn
+	notifyPath string
+	rOut       *os.File
+	rErr       *os.File
+	bg         sync.WaitGroup // output and notify readers, readiness watcher
+	io         sync.WaitGroup // output and notify readers only: an upgrade pauses them
 
 	mu       sync.Mutex
 	readyAt  time.Time
@@ -68,7 +73,7 @@ func (m *Master) startProc(g *generation, worker int) (*proc, error) {
 	if err != nil {
 		return nil, fmt.Errorf("start worker %d: notify socket: %w", worker, err)
 	}
-	p.notify = nc
+	p.notify, p.notifyPath = nc, notifyPath
 	rOut, wOut, err := os.Pipe()
 	if err != nil {
 		nc.Close()
@@ -105,21 +110,51 @@ func (m *Master) startProc(g *generation, worker int) (*proc, error) {
 		rErr.Close()
 		return nil, fmt.Errorf("start worker %d: %w", worker, err)
 	}
-	p.pid = p.cmd.Process.Pid
+	p.process = p.cmd.Process
+	p.pid = p.process.Pid
 	p.started = time.Now()
 	p.log = m.log.With("gen", g.id, "worker", worker, "pid", p.pid)
 	m.watchdog.add(p.pid)
+	p.run()
+	return p, nil
+}
 
-	p.bg.Add(3)
-	go p.readOutput(rOut, "stdout")
-	go p.readOutput(rErr, "stderr")
-	go p.readNotify(notifyPath)
-	if m.cfg.Readiness.Mode != ModeNotify {
+// run starts the goroutines of a started or adopted process: its readers,
+// its readiness watcher while it is not ready, and the one that waits for it.
+func (p *proc) run() {
+	p.startIO()
+	if p.m.cfg.Readiness.Mode != ModeNotify && !p.isReady() {
 		p.bg.Add(1)
 		go p.watchReadiness()
 	}
 	go p.wait()
-	return p, nil
+}
+
+// startIO starts the output and notify readers.
+func (p *proc) startIO() {
+	p.bg.Add(3)
+	p.io.Add(3)
+	go func() { defer p.io.Done(); p.readOutput(p.rOut, "stdout") }()
+	go func() { defer p.io.Done(); p.readOutput(p.rErr, "stderr") }()
+	go func() { defer p.io.Done(); p.readNotify() }()
+}
+
+// pauseIO makes the readers return at once, their files left open, and
+// waits for them. Call it with Master.pausing set; startIO resumes them.
+func (p *proc) pauseIO() {
+	now := time.Now()
+	p.rOut.SetReadDeadline(now)
+	p.rErr.SetReadDeadline(now)
+	p.notify.SetReadDeadline(now)
+	p.io.Wait()
+	p.rOut.SetReadDeadline(time.Time{})
+	p.rErr.SetReadDeadline(time.Time{})
+	p.notify.SetReadDeadline(time.Time{})
+}
+
+// paused reports whether a reader's error is the deadline of pauseIO.
+func (p *proc) paused(err error) bool {
+	return p.m.pausing.Load() && errors.Is(err, os.ErrDeadlineExceeded)
 }
 
 // workerEnv is the master's environment without the variables the master
@@ -128,7 +163,7 @@ func (m *Master) workerEnv(g *generation, worker int, notifyPath string) []strin
 	owned := map[string]bool{
 		"LISTEN_FDS": true, "LISTEN_PID": true, "LISTEN_FDNAMES": true, "NOTIFY_SOCKET": true,
 		"DEPLOY_RELEASE_ID": true, "DEPLOY_RELEASE_DIR": true, "DEPLOY_ROOT": true,
-		"WORKER_ID": true, shimEnv: true,
+		"WORKER_ID": true, shimEnv: true, upgradeEnv: true,
 	}
 	var env []string
 	idx := map[string]int{}
@@ -181,12 +216,14 @@ func (p *proc) readOutput(r *os.File, stream string) {
 			p.mu.Unlock()
 		}
 		if err != nil {
-			return
+			return // end of file, or paused by an upgrade (pauseIO)
 		}
 	}
 }
 
-// wait is the one goroutine that waits for the process.
+// wait is the one goroutine that waits for the process. From the leader's
+// exit to done it holds Master.reapMu for reading, so that an Upgrade sees
+// every worker either alive and not reaped, or done.
 func (p *proc) wait() {
 	for {
 		var si unix.Siginfo
@@ -195,14 +232,23 @@ func (p *proc) wait() {
 			break
 		}
 	}
+	p.m.reapMu.RLock()
+	defer p.m.reapMu.RUnlock()
 	close(p.exited)
 	// The leader is a zombie now, so its pid (the group id) cannot be reused
 	// until we reap it: settle the rest of its process group first.
 	p.settleGroup()
-	err := p.cmd.Wait()
+	var st *os.ProcessState
+	var err error
+	if p.cmd != nil {
+		err = p.cmd.Wait()
+		st = p.cmd.ProcessState
+	} else {
+		st, err = p.process.Wait()
+	}
 	p.m.watchdog.remove(p.pid)
 	p.mu.Lock()
-	p.state = p.cmd.ProcessState
+	p.state = st
 	p.exitedAt = time.Now()
 	p.mu.Unlock()
 	var ee *exec.ExitError
@@ -298,6 +344,9 @@ func (p *proc) exitStatus() string {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.state == nil {
+		if !p.exitedAt.IsZero() {
+			return "unknown (could not be waited for)"
+		}
 		return "running"
 	}
 	return p.state.String()

@@ -37,13 +37,15 @@ func (p *proc) isReady() bool {
 
 // readNotify reads sd_notify datagrams. READY=1 makes the worker ready in
 // mode notify; STATUS= is kept for Status.
-func (p *proc) readNotify(path string) {
+func (p *proc) readNotify() {
 	defer p.bg.Done()
-	defer os.Remove(path)
 	buf := make([]byte, 4096)
 	for {
 		n, _, err := p.notify.ReadFromUnix(buf)
 		if err != nil {
+			if !p.paused(err) { // an upgrade hands the socket on
+				os.Remove(p.notifyPath)
+			}
 			return
 		}
 		for _, line := range strings.Split(string(buf[:n]), "\n") {

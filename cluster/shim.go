@@ -18,6 +18,7 @@ const shimEnv = "HANDOFF_SHIM"
 const (
 	shimExec     = "exec"
 	shimWatchdog = "watchdog"
+	shimProbe    = "probe"
 )
 
 // RunShimIfRequested must be called first thing in main() (and in TestMain) of
@@ -32,8 +33,14 @@ const (
 // Started as the master's watchdog, it reads process group ids from stdin and,
 // when stdin reaches end of file (the master exited, however it died), sends
 // SIGKILL to every group still listed, then exits.
+//
+// Started by Master.Upgrade as a probe of the new binary, it prints the
+// handover version it speaks and exits 0.
 func RunShimIfRequested() {
 	switch os.Getenv(shimEnv) {
+	case shimProbe:
+		fmt.Println(probeAnswer)
+		os.Exit(0)
 	case shimExec:
 		os.Unsetenv(shimEnv)
 		os.Exit(runShim(os.Args[1:]))

@@ -13,10 +13,14 @@ import (
 // only reaches a worker's leader; the watchdog also reaches the descendants
 // that stayed in its group. It learns the groups over a pipe whose end of
 // file is its cue. Groups that leave (setsid) are out of its reach.
+//
+// Its protocol ("+PGID", "-PGID" lines, end of file) is part of the
+// upgrade contract: a watchdog started by one version of the program is
+// fed and stopped by the next.
 type watchdog struct {
-	mu  sync.Mutex
-	w   *os.File
-	cmd *exec.Cmd
+	mu      sync.Mutex
+	w       *os.File
+	process *os.Process
 }
 
 func startWatchdog(sp *spawner, shimPath string) (*watchdog, error) {
@@ -38,7 +42,7 @@ func startWatchdog(sp *spawner, shimPath string) (*watchdog, error) {
 		w.Close()
 		return nil, fmt.Errorf("start watchdog: %w", err)
 	}
-	return &watchdog{w: w, cmd: cmd}, nil
+	return &watchdog{w: w, process: cmd.Process}, nil
 }
 
 func (d *watchdog) add(pgid int)    { d.send('+', pgid) }
@@ -62,8 +66,12 @@ func (d *watchdog) stop() error {
 	if w != nil {
 		w.Close()
 	}
-	if err := d.cmd.Wait(); err != nil {
-		return fmt.Errorf("watchdog: %w", err)
+	st, err := d.process.Wait()
+	if err != nil {
+		return fmt.Errorf("watchdog %d: %w", d.process.Pid, err)
+	}
+	if !st.Success() {
+		return fmt.Errorf("watchdog %d: %s", d.process.Pid, st)
 	}
 	return nil
 }
