@@ -48,9 +48,9 @@ func TestE2E_busyWaitSupersedeAndHooks(t *testing.T) {
 	marker := filepath.Join(s.dir, "go-on")
 	envFile := filepath.Join(s.dir, "pre-activate.env")
 	onFail := filepath.Join(s.dir, "on-failure.log")
-	s.writeConfig(strings.Replace(mustRead(t, s.cfg), "[readiness]", `[hooks]
+	s.writeConfig(strings.Replace(strings.Replace(mustRead(t, s.cfg), "keep_releases = 3\n", "keep_releases = 3\nlinked = [\"storage\"]\n", 1), "[readiness]", `[hooks]
 timeout = "30s"
-pre-activate = [["sh", "-c", "env | grep ^DEPLOY_ | sort > `+envFile+`"]]
+pre-activate = [["sh", "-c", "test -L storage && env | grep ^DEPLOY_ | sort > `+envFile+`"]]
 on-failure = [["sh", "-c", "echo \"$DEPLOY_OP $DEPLOY_RELEASE_ID $DEPLOY_PREVIOUS_ID\" >> `+onFail+`"]]
 
 [readiness]`, 1))
@@ -66,6 +66,13 @@ on-failure = [["sh", "-c", "echo \"$DEPLOY_OP $DEPLOY_RELEASE_ID $DEPLOY_PREVIOU
 	s.start(nil)
 	s.mustDo("deploy", "--id", "v1", v1)
 	addr := s.appAddr()
+	// linked: shared/storage, linked into the release before pre-activate.
+	if target, err := os.Readlink(filepath.Join(s.root, "releases", "v1", "storage")); err != nil || !strings.HasSuffix(target, "shared/storage") {
+		t.Errorf("releases/v1/storage -> %q, %v; want a link to shared/storage", target, err)
+	}
+	if fi, err := os.Stat(filepath.Join(s.root, "shared", "storage")); err != nil || !fi.IsDir() {
+		t.Errorf("shared/storage: %v", err)
+	}
 	env := mustRead(t, envFile)
 	for _, w := range []string{"DEPLOY_OP=deploy", "DEPLOY_RELEASE_ID=v1", "DEPLOY_RELEASE_DIR=" + filepath.Join(s.root, "releases", "v1"), "DEPLOY_ROOT=" + s.root, "DEPLOY_STAGE=pre-activate", "DEPLOY_URL=http://127.0.0.1"} {
 		if !strings.Contains(env, w) {
