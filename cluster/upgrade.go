@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"os"
 	"os/exec"
@@ -100,7 +101,7 @@ type handoverProc struct {
 var inherited struct {
 	mu       sync.Mutex
 	upgraded bool
-	taken    bool
+	taken    map[string]bool // parts handed out: "sockets", "master", "files"
 	doc      *handover
 	err      error
 }
@@ -414,46 +415,105 @@ func execHandover(binary string, args []string, doc []byte, fds []int) error {
 	return syscall.Exec(binary, args, env)
 }
 
-// Resume is New and OpenSockets for a program started by Master.Upgrade: it
-// adopts the listening sockets, the watchdog and the serving generation the
-// old program handed over, and returns them with the extraFiles and
-// extraState given to Upgrade. The workers never stopped: they keep their
-// pids, readiness, restart counts and backoff; output logging, notify
-// reading, readiness watching (for a worker not yet ready), reaping and the
-// restart policy resume here. A worker that exited while the handover ran is
-// restarted like any crashed worker.
-//
-// cfg applies from now on: to restarted workers and to the next Reload (a
-// different Workers count takes effect with the next generation). The
-// sockets are the ones handed over, whatever cfg's caller would have opened:
-// changing them takes a real restart.
-//
-// Resume works once per upgraded process; otherwise it returns
-// ErrNotUpgraded. On any other error nothing was adopted: the caller should
-// exit, which ends every worker through the watchdog and Pdeathsig.
+// Resume adopts everything a program started by Master.Upgrade was handed:
+// ResumeSockets, ResumeMaster and InheritedFiles in one call.
 func Resume(cfg Config) (*Handover, error) {
-	inherited.mu.Lock()
-	h, herr, taken := inherited.doc, inherited.err, inherited.taken
-	inherited.taken, inherited.doc = true, nil
-	inherited.mu.Unlock()
-	if !inherited.upgraded || taken {
-		return nil, fmt.Errorf("resume: %w", ErrNotUpgraded)
-	}
-	if herr != nil {
-		return nil, fmt.Errorf("resume: %w", herr)
-	}
-	cfg, err := cfg.withDefaults()
+	socks, err := ResumeSockets(cfg.Logger)
 	if err != nil {
-		return nil, fmt.Errorf("resume: %w", err)
+		return nil, err
 	}
-	socks := &Sockets{log: cfg.Logger, inodes: map[uint64]int{}, unlinks: h.Unlinks}
+	m, err := ResumeMaster(cfg, socks)
+	if err != nil {
+		socks.Close()
+		return nil, err
+	}
+	files, state := InheritedFiles()
+	return &Handover{Master: m, Sockets: socks, Files: files, State: state}, nil
+}
+
+// handed returns the handover document for one part of it (sockets, master
+// or files), at most once per part.
+func handed(part string) (*handover, error) {
+	inherited.mu.Lock()
+	defer inherited.mu.Unlock()
+	if !inherited.upgraded || inherited.taken[part] {
+		return nil, ErrNotUpgraded
+	}
+	if inherited.taken == nil {
+		inherited.taken = map[string]bool{}
+	}
+	inherited.taken[part] = true
+	return inherited.doc, inherited.err
+}
+
+// ResumeSockets is OpenSockets for a program started by Master.Upgrade: it
+// adopts the listening sockets the old program held, in the same order,
+// with the same names, whatever the new program's configuration says
+// (changing them takes a real restart). Close removes the unix socket files
+// the first program created. It works once per upgraded process; otherwise
+// it returns ErrNotUpgraded.
+func ResumeSockets(logger *slog.Logger) (*Sockets, error) {
+	h, err := handed("sockets")
+	if err != nil {
+		return nil, fmt.Errorf("resume sockets: %w", err)
+	}
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	socks := &Sockets{log: logger, inodes: map[uint64]int{}, unlinks: h.Unlinks}
 	for _, hs := range h.Sockets {
 		if err := socks.add(hs.Name, hs.Addr, os.NewFile(uintptr(hs.FD), hs.Name)); err != nil {
-			return nil, fmt.Errorf("resume: %w", err)
+			socks.Close()
+			return nil, fmt.Errorf("resume sockets: %w", err)
 		}
 	}
 	if len(socks.files) == 0 {
-		return nil, fmt.Errorf("resume: %w", ErrNoSockets)
+		return nil, fmt.Errorf("resume sockets: %w", ErrNoSockets)
+	}
+	return socks, nil
+}
+
+// InheritedFiles returns the extraFiles and extraState given to
+// Master.Upgrade in the program this one replaced; the caller owns the
+// files. It returns nil, nil in a process not started by an upgrade and on
+// later calls.
+func InheritedFiles() (map[string]*os.File, []byte) {
+	h, err := handed("files")
+	if err != nil || h == nil {
+		return nil, nil
+	}
+	files := map[string]*os.File{}
+	for name, fd := range h.Files {
+		files[name] = os.NewFile(uintptr(fd), name)
+	}
+	return files, h.State
+}
+
+// ResumeMaster is NewMaster for a program started by Master.Upgrade, with
+// socks from ResumeSockets: it adopts the watchdog and the serving
+// generation the old program handed over. The workers never stopped: they
+// keep their pids, readiness, restart counts and backoff; output logging,
+// notify reading, readiness watching (for a worker not yet ready), reaping
+// and the restart policy resume here. A worker that exited while the
+// handover ran is restarted like any crashed worker.
+//
+// cfg applies from now on, to restarted workers and to the next Reload (a
+// different Workers count takes effect with the next generation).
+//
+// It works once per upgraded process; otherwise it returns ErrNotUpgraded.
+// On any other error nothing was adopted: the caller should exit, which
+// ends every worker through the watchdog and Pdeathsig.
+func ResumeMaster(cfg Config, socks *Sockets) (*Master, error) {
+	h, err := handed("master")
+	if err != nil {
+		return nil, fmt.Errorf("resume: %w", err)
+	}
+	cfg, err = cfg.withDefaults()
+	if err != nil {
+		return nil, fmt.Errorf("resume: %w", err)
+	}
+	if socks == nil || len(socks.files) != len(h.Sockets) {
+		return nil, fmt.Errorf("resume: %w: not the sockets handed over", ErrInvalidSpec)
 	}
 	wd, err := os.FindProcess(h.WatchdogPID)
 	if err != nil {
@@ -472,6 +532,7 @@ func Resume(cfg Config) (*Handover, error) {
 		p *proc
 	}
 	var starts []start
+	workers := 0
 	for _, hg := range h.Generations {
 		g := &generation{
 			m: m, id: hg.ID, spec: hg.Spec, dir: hg.Dir, created: hg.Created,
@@ -488,16 +549,13 @@ func Resume(cfg Config) (*Handover, error) {
 					return nil, fmt.Errorf("resume: %w", err)
 				}
 				s.proc = p
+				workers++
 			}
 			g.slots = append(g.slots, s)
 			starts = append(starts, start{s, s.proc})
 		}
 		m.gens = append(m.gens, g)
 		m.serving = g
-	}
-	files := map[string]*os.File{}
-	for name, fd := range h.Files {
-		files[name] = os.NewFile(uintptr(fd), name)
 	}
 	for _, st := range starts {
 		if st.p != nil {
@@ -506,17 +564,11 @@ func Resume(cfg Config) (*Handover, error) {
 		st.s.g.wg.Add(1)
 		go st.s.run(st.p, nil)
 	}
-	n := 0
-	for _, st := range starts {
-		if st.p != nil {
-			n++
-		}
-	}
-	m.log.Info("Resumed after upgrade", "generations", len(m.gens), "workers", n, "sockets", socks.Addrs())
+	m.log.Info("Resumed after upgrade", "generations", len(m.gens), "workers", workers, "sockets", socks.Addrs())
 	if g := m.serving; g != nil && len(g.slots) != cfg.Workers {
 		m.log.Warn("Workers differ from the config until the next reload", "gen", g.id, "running", len(g.slots), "config", cfg.Workers)
 	}
-	return &Handover{Master: m, Sockets: socks, Files: files, State: h.State}, nil
+	return m, nil
 }
 
 // adoptProc rebuilds a worker handed over by an upgrade; run starts its
