@@ -43,7 +43,8 @@ type AppConfig struct {
 
 type ListenConfig struct {
 	Name    string
-	Address string // "" = must come from systemd socket activation
+	Address string  // "" = must come from systemd socket activation
+	Pos     Problem // where the address (or the [[listen]] entry) is, for errors found at start; Msg unused
 }
 
 type ReadinessConfig struct {
@@ -357,7 +358,13 @@ func parseConfig(path, src string) (*Config, error) {
 		add(p, `missing required key "app.command"`)
 	}
 	seen := map[string]int{}
+	addrN := 0
 	for i, l := range raw.Listen {
+		lp := where("listen", i)
+		if l.Address != "" {
+			lp = where("listen.address", addrN)
+			addrN++
+		}
 		if l.Name == "" {
 			add(where("listen", i), "listen: name is required in every [[listen]]")
 			continue
@@ -367,7 +374,7 @@ func parseConfig(path, src string) (*Config, error) {
 			continue
 		}
 		seen[string(l.Name)] = i
-		c.Listen = append(c.Listen, ListenConfig{Name: string(l.Name), Address: string(l.Address)})
+		c.Listen = append(c.Listen, ListenConfig{Name: string(l.Name), Address: string(l.Address), Pos: Problem{Line: lp.Line, Col: lp.Col}})
 	}
 	if c.Readiness.Quorum > c.App.Workers {
 		add(where("readiness.quorum", 0), "readiness.quorum: %d is more than app.workers (%d)", c.Readiness.Quorum, c.App.Workers)

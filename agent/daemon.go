@@ -129,6 +129,14 @@ func runDaemon(cfg *Config, log *slog.Logger) int {
 	}
 	socks, err := cluster.OpenSockets(specs, log)
 	if err != nil {
+		// An address in use or not bindable is a config error: name its line.
+		for _, l := range cfg.Listen {
+			if l.Address != "" && strings.HasPrefix(err.Error(), fmt.Sprintf("open socket %q:", l.Name)) &&
+				(errors.Is(err, syscall.EADDRINUSE) || errors.Is(err, syscall.EADDRNOTAVAIL) || errors.Is(err, syscall.EACCES)) {
+				fmt.Fprintf(os.Stderr, "%s:%d:%d: listen.address: %v\n", cfg.Path, l.Pos.Line, l.Pos.Col, err)
+				return exitUsage
+			}
+		}
 		log.Error("Cannot open the listening sockets", "err", err)
 		return exitFailed
 	}
