@@ -119,24 +119,24 @@ timeout = "3s"
 		url  string
 		want string // in the one-line cause
 	}{
-		{name: "path traversal", url: hs.add("traversal.tar.gz", app(rawEntry{hdr: tar.Header{Name: "../../evil", Typeflag: tar.TypeReg}, body: []byte("x")})), want: "unsafe archive"},
-		{name: "absolute path", url: hs.add("absolute.tar.gz", app(rawEntry{hdr: tar.Header{Name: "/tmp/evil", Typeflag: tar.TypeReg}, body: []byte("x")})), want: "unsafe archive"},
+		{name: "path traversal", url: hs.add("traversal.tar.gz", app(rawEntry{hdr: tar.Header{Name: "../../evil", Typeflag: tar.TypeReg}, body: []byte("x")})), want: `entry "../../evil": path escapes the release`},
+		{name: "absolute path", url: hs.add("absolute.tar.gz", app(rawEntry{hdr: tar.Header{Name: "/tmp/evil", Typeflag: tar.TypeReg}, body: []byte("x")})), want: `entry "/tmp/evil": absolute path`},
 		{name: "symlink escape", url: hs.add("symlink.tar.gz", app(
 			rawEntry{hdr: tar.Header{Name: "etc", Typeflag: tar.TypeSymlink, Linkname: "/etc"}},
-			rawEntry{hdr: tar.Header{Name: "etc/evil", Typeflag: tar.TypeReg}, body: []byte("x")})), want: "unsafe archive"},
+			rawEntry{hdr: tar.Header{Name: "etc/evil", Typeflag: tar.TypeReg}, body: []byte("x")})), want: `entry "etc": symlink to absolute path "/etc"`},
 		{name: "chained symlink escape", url: hs.add("chained.tar.gz", app(
 			rawEntry{hdr: tar.Header{Name: "a", Typeflag: tar.TypeSymlink, Linkname: "b/../.."}},
-			rawEntry{hdr: tar.Header{Name: "b", Typeflag: tar.TypeSymlink, Linkname: "."}})), want: "unsafe archive"},
-		{name: "hardlink escape", url: hs.add("hardlink.tar.gz", app(rawEntry{hdr: tar.Header{Name: "passwd", Typeflag: tar.TypeLink, Linkname: "../../../../etc/passwd"}})), want: "unsafe archive"},
-		{name: "device node", url: hs.add("device.tar.gz", app(rawEntry{hdr: tar.Header{Name: "null", Typeflag: tar.TypeChar, Devmajor: 1, Devminor: 3}})), want: "unsafe archive"},
-		{name: "gzip bomb", url: hs.add("bomb.tar.gz", app(rawEntry{hdr: tar.Header{Name: "zeros", Typeflag: tar.TypeReg}, body: make([]byte, 64<<20)})), want: "too large"},
+			rawEntry{hdr: tar.Header{Name: "b", Typeflag: tar.TypeSymlink, Linkname: "."}})), want: `entry "a": symlink to "b/../.." escapes the release`},
+		{name: "hardlink escape", url: hs.add("hardlink.tar.gz", app(rawEntry{hdr: tar.Header{Name: "passwd", Typeflag: tar.TypeLink, Linkname: "../../../../etc/passwd"}})), want: `entry "passwd": hard link to "../../../../etc/passwd" escapes the release`},
+		{name: "device node", url: hs.add("device.tar.gz", app(rawEntry{hdr: tar.Header{Name: "null", Typeflag: tar.TypeChar, Devmajor: 1, Devminor: 3}})), want: `entry "null": device file`},
+		{name: "gzip bomb", url: hs.add("bomb.tar.gz", app(rawEntry{hdr: tar.Header{Name: "zeros", Typeflag: tar.TypeReg}, body: make([]byte, 64<<20)})), want: `entry "zeros": release exceeds 8388608 bytes unpacked`},
 		{name: "wrong checksum", url: hs.srv.URL + "/good.tar.gz?checksum=sha256:" + strings.Repeat("0", 64), want: "checksum mismatch"},
 		{name: "missing checksum", url: hs.srv.URL + "/good.tar.gz", want: "checksum required"},
 		{name: "404", url: hs.srv.URL + "/missing.tar.gz?checksum=sha256:" + hex.EncodeToString(sum[:]), want: "404"},
 		{name: "500", url: hs.srv.URL + "/500.tar.gz?checksum=sha256:" + hex.EncodeToString(sum[:]), want: "500"},
 		{name: "stall mid-body", url: hs.srv.URL + "/stall.tar.gz?checksum=sha256:" + hex.EncodeToString(sum[:]), want: "timed out after 3s"},
-		{name: "redirect to file", url: hs.srv.URL + "/redirect-file.tar.gz?checksum=sha256:" + hex.EncodeToString(sum[:]), want: "scheme not allowed"},
-		{name: "scheme not allowed", url: "file:///etc/passwd", want: "scheme not allowed"},
+		{name: "redirect to file", url: hs.srv.URL + "/redirect-file.tar.gz?checksum=sha256:" + hex.EncodeToString(sum[:]), want: `redirect to file:///etc/passwd: scheme "file" is not allowed`},
+		{name: "scheme not allowed", url: "file:///etc/passwd", want: `scheme "file" is not allowed (allowed: http, https)`},
 	}
 
 	p := s.start(nil)
@@ -155,8 +155,9 @@ timeout = "3s"
 			if !strings.Contains(r.stderr, c.want) {
 				t.Errorf("stderr lacks %q: %v", c.want, r)
 			}
-			if first := strings.SplitN(r.stderr, "\n", 2)[0]; !strings.Contains(first, "deploy") {
-				t.Errorf("the first line does not say what failed: %q", first)
+			if lines := strings.Split(strings.TrimSpace(r.stderr), "\n"); len(lines) != 2 || !strings.HasPrefix(lines[0], "deploy failed: ") ||
+				!strings.Contains(lines[0], c.want) || lines[1] != "nothing changed: current is v1" {
+				t.Errorf("want \"deploy failed: …%s\" and \"nothing changed: current is v1\", got %q", c.want, r.stderr)
 			}
 			if after := rootSnapshot(t, s.root); after != before {
 				t.Errorf("the root changed:\nbefore:\n%s\nafter:\n%s", before, after)
@@ -225,10 +226,10 @@ func TestHostile_configRefused(t *testing.T) {
 		{name: "negative count", text: head + "keep_releases = -1\n[app]\ncommand = [\"node\"]\n", want: ":2:17: keep_releases:"},
 		{name: "zero duration", text: head + "[app]\ncommand = [\"node\"]\ndrain_timeout = \"0s\"\n", want: ":4:17: app.drain_timeout:"},
 		{name: "negative duration", text: head + "[app]\ncommand = [\"node\"]\n[hooks]\ntimeout = \"-1m\"\n", want: ":5:11: hooks.timeout:"},
-		{name: "missing command", text: head + "[app]\nworkers = 2\n", want: `missing required key "app.command"`},
+		{name: "missing command", text: head + "[app]\nworkers = 2\n", want: `:2:2: missing required key "app.command"`},
 		{name: "empty command", text: head + "[app]\ncommand = []\n", want: ":3:11: app.command:"},
-		{name: "duplicate listen names", text: head + "[app]\ncommand = [\"node\"]\n[[listen]]\nname = \"http\"\naddress = \"127.0.0.1:0\"\n[[listen]]\nname = \"http\"\naddress = \"127.0.0.1:0\"\n", want: ":8:8: listen"},
-		{name: "address in use", text: head + "[app]\ncommand = [\"node\"]\n[control]\nsocket = \"" + filepath.Join(s.dir, "other.sock") + "\"\n[[listen]]\nname = \"http\"\naddress = \"" + addr + "\"\n", want: ":8:11: listen"},
+		{name: "duplicate listen names", text: head + "[app]\ncommand = [\"node\"]\n[[listen]]\nname = \"http\"\naddress = \"127.0.0.1:0\"\n[[listen]]\nname = \"http\"\naddress = \"127.0.0.1:0\"\n", want: `:8:1: listen.name: duplicate name "http" (first at line 5)`},
+		{name: "address in use", text: head + "[app]\ncommand = [\"node\"]\n[control]\nsocket = \"" + filepath.Join(s.dir, "other.sock") + "\"\n[[listen]]\nname = \"http\"\naddress = \"" + addr + "\"\n", want: ":8:1: listen.address: open socket \"http\": listen tcp " + addr + ": bind: address already in use"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
