@@ -104,6 +104,7 @@ func TestE2E_deployRollbackFailUnderLoad(t *testing.T) {
 	t.Parallel()
 	s := newSetup(t, "")
 	n := listenNotify(t)
+	v0 := s.art.add(t, "v0", map[string]file{"server.js": {body: "console.error('cannot start: missing DATABASE_URL');\nprocess.exit(3);\n"}})
 	v1 := s.art.app(t, "v1", nil)
 	v2 := s.art.app(t, "v2", nil)
 	v3 := s.art.broken(t, "v3")
@@ -123,7 +124,16 @@ func TestE2E_deployRollbackFailUnderLoad(t *testing.T) {
 		t.Errorf("reload with nothing deployed: %v", r)
 	}
 
-	r := s.mustDo("deploy", "--id", "v1", v1)
+	// A first deploy that fails (workers exit at once) leaves no current.
+	r := s.do("deploy", "--id", "v0", v0)
+	if r.code != 1 || !strings.Contains(r.stderr, "worker 0 (pid") || !strings.Contains(r.stderr, "nothing changed: current is (none)") {
+		t.Errorf("failed first deploy: %v", r)
+	}
+	if _, err := os.Lstat(filepath.Join(s.root, "current")); !os.IsNotExist(err) {
+		t.Errorf("a failed first deploy left current: %v", err)
+	}
+
+	r = s.mustDo("deploy", "--id", "v1", v1)
 	if !strings.Contains(r.stdout, "deployed v1 in") || !strings.Contains(r.stdout, "fetch") || !strings.Contains(r.stdout, "reload") {
 		t.Errorf("deploy output: %v", r)
 	}
@@ -239,7 +249,7 @@ func TestE2E_deployRollbackFailUnderLoad(t *testing.T) {
 	for _, e := range st.LastDeploys {
 		results = append(results, e.Op+":"+e.ID+":"+e.Result)
 	}
-	want := "deploy:v1:ok deploy:v2:ok deploy:v3:failed rollback:v1:ok rollback:v2:ok reload:v2:ok reload:v2:ok"
+	want := "deploy:v0:failed deploy:v1:ok deploy:v2:ok deploy:v3:failed rollback:v1:ok rollback:v2:ok reload:v2:ok reload:v2:ok"
 	if got := strings.Join(results, " "); got != want {
 		t.Errorf("last deploys:\n got %s\nwant %s", got, want)
 	}

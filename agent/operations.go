@@ -156,7 +156,7 @@ func contains(l []string, s string) bool {
 // generation was never stopped, so no reload is needed.
 func (d *daemon) restore(o *op, prev string) string {
 	if prev == "" {
-		d.emit(o, "restore", "warn", "there was no previous release to restore: current still names the failed release and no worker serves")
+		d.emit(o, "restore", "warn", "there was no previous release to restore")
 		return ""
 	}
 	if err := d.store.Activate(prev); err != nil {
@@ -253,15 +253,37 @@ func (d *daemon) deploy(ctx context.Context, o *op) Message {
 		}
 	}
 
-	if err := d.store.Activate(id); err != nil {
-		return fail(codeFailed, "failed", err, "", nil)
+	// With a previous release, current switches before the reload and
+	// points back if it fails. The first deploy has nothing to point back
+	// to: current is created only once its workers serve, so a failed first
+	// deploy leaves no current at all.
+	first := prev == ""
+	activate := func() error {
+		if err := d.store.Activate(id); err != nil {
+			return err
+		}
+		d.emit(o, "activate", "done", "current -> releases/%s", id)
+		return nil
 	}
-	d.emit(o, "activate", "done", "current -> releases/%s", id)
-
+	if !first {
+		if err := activate(); err != nil {
+			return fail(codeFailed, "failed", err, "", nil)
+		}
+	}
 	if _, err := d.reloadTo(ctx, o, id); err != nil {
-		restored := d.restore(o, prev)
+		restored := ""
+		if !first {
+			restored = d.restore(o, prev)
+		}
 		d.onFailure(ctx, o, id, prev, err.Error())
 		return fail(codeFailed, "failed", fmt.Errorf("new workers did not take over: %w", err), restored, failuresOf(err))
+	}
+	if first {
+		if err := activate(); err != nil {
+			// The workers serve, but a restarted agent would not know
+			// which release: report it, the operator redeploys.
+			return fail(codeFailed, "failed", err, "", nil)
+		}
 	}
 
 	if err := d.runHooks(ctx, o, "post-deploy", d.cfg.Hooks.PostDeploy, id, prev, ""); err != nil {
