@@ -4,9 +4,9 @@
 // inherited socket (systemd socket activation).
 //
 // What it owns: the listening sockets (Sockets), every worker process and
-// its process group, one spawner thread, one watchdog process and a private
-// directory of sd_notify sockets. It knows nothing of URLs, archives or
-// configuration files.
+// its process group, one spawner thread (the program's main thread under
+// RunMain), one watchdog process and a private directory of sd_notify
+// sockets. It knows nothing of URLs, archives or configuration files.
 //
 // Invariants:
 //
@@ -18,7 +18,8 @@
 //     any worker: a reload refuses no connection.
 //   - Each worker is the leader of its own process group and gets SIGKILL when
 //     the master's spawner thread dies (Pdeathsig, set from one goroutine locked
-//     to its thread for the master's life). A watchdog process kills every
+//     to its thread for the master's life: the main goroutine on the main
+//     thread under RunMain). A watchdog process kills every
 //     worker group when the master dies, however it dies: no orphan in a
 //     worker's group keeps a port. A descendant that leaves the group (setsid)
 //     is out of reach; run the agent under systemd for that (KillMode).
@@ -36,6 +37,15 @@
 //     exponential backoff (BackoffMin..BackoffMax), never in a newer release.
 //   - Every child is reaped by exactly one goroutine, and every goroutine is
 //     owned: Shutdown returns when all of them are gone.
+//   - Master.Upgrade replaces the program in place (execve from the spawner
+//     thread) and only then: the pid, the listening sockets, the watchdog and
+//     every running worker survive it, no worker is signalled or changes pid,
+//     and the new program resumes reaping, output logging, readiness and the
+//     restart policy (ResumeSockets, ResumeMaster). Under RunMain the spawner
+//     is the main thread in both programs, so every worker, started before or
+//     after any number of upgrades, keeps its parent thread. A failed Upgrade
+//     changes nothing. A new program that dies before it resumed takes the
+//     workers with it (watchdog, Pdeathsig), as any dead master does.
 //
 // Worker environment: the master's own environment minus the variables it
 // owns, then Config.Env, then LISTEN_FDS, LISTEN_FDNAMES, LISTEN_PID,
@@ -55,7 +65,9 @@
 // ready, never touched the inherited socket, never sent READY=1, or its
 // command could not be executed (the shim exits 127).
 //
-// Callers: call RunShimIfRequested first thing in main; call Shutdown, then
+// Callers: call RunShimIfRequested first thing in main, then run the rest
+// under RunMain; when Upgraded reports true, call ResumeSockets and
+// ResumeMaster instead of OpenSockets and NewMaster. Call Shutdown, then
 // Sockets.Close; Reload is refused (ErrBusy) while another one runs, so
 // queue reloads above this package if you want them queued.
 package cluster

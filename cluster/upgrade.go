@@ -168,8 +168,9 @@ type Handover struct {
 // execve; their numbers, the serving generation (id, release, directories,
 // workers with pid, start time, readiness, restarts, backoff, last output
 // lines) and extraState go to the new program in a handover document. The
-// new program must call RunShimIfRequested and RunMain in main, and Resume
-// (when Upgraded reports true) instead of OpenSockets and NewMaster.
+// new program must call RunShimIfRequested and RunMain in main, and, when
+// Upgraded reports true, ResumeSockets and ResumeMaster instead of
+// OpenSockets and NewMaster (or Resume for both) and InheritedFiles.
 //
 // args is the new program's argv, args[0] included, as syscall.Exec takes
 // it; the environment is this program's. binary is looked up in PATH when
@@ -312,6 +313,9 @@ func (m *Master) handover(extraFiles map[string]*os.File, extraState []byte) ([]
 		return nil, nil, fmt.Errorf("watchdog pipe: %w", err)
 	}
 	for name, f := range extraFiles {
+		if f == nil {
+			continue
+		}
 		fd, err := keep(f)
 		if err != nil {
 			return nil, nil, fmt.Errorf("file %s: %w", name, err)
@@ -543,6 +547,9 @@ func ResumeMaster(cfg Config, socks *Sockets) (*Master, error) {
 		for _, hs := range hg.Slots {
 			s := &slot{g: g, id: hs.ID, state: hs.State, restarts: hs.Restarts, lastExit: hs.LastExit,
 				consecutive: hs.Consecutive, backoff: hs.Backoff}
+			if hs.Proc == nil && hs.State == WorkerBackoff && s.consecutive > 0 {
+				s.consecutive-- // the restart below counts this crash again
+			}
 			if hs.Proc != nil {
 				p, err := m.adoptProc(g, hs.ID, hs.Proc)
 				if err != nil {
