@@ -73,7 +73,7 @@ func TestParseConfig_designExample(t *testing.T) {
 		Linked:       []string{"storage", ".env"},
 		App: AppConfig{Command: []string{"node", "server.js"}, Workers: 2, Env: map[string]string{"NODE_ENV": "production"},
 			StopSignal: syscall.SIGTERM, DrainTimeout: 30 * time.Second},
-		Listen:    []ListenConfig{{Name: "http", Address: "127.0.0.1:8080"}},
+		Listen:    []ListenConfig{{Name: "http", Address: "127.0.0.1:8080", Pos: Problem{Line: 14, Col: 1}}},
 		Readiness: ReadinessConfig{Mode: "listen", Timeout: 60 * time.Second, Quorum: 0, Delay: 2 * time.Second},
 		Restart:   RestartConfig{BackoffMin: 100 * time.Millisecond, BackoffMax: 30 * time.Second},
 		Fetch:     FetchConfig{Allow: []string{"https", "http", "file"}, MaxBytes: 2 << 30, MaxFiles: 200000, Timeout: 10 * time.Minute},

@@ -78,7 +78,7 @@ func (d *daemon) reloadTo(ctx context.Context, o *op, id string) (*cluster.Reloa
 			m.Kind = "step"
 			m.Worker = nil
 			m.Message = fmt.Sprintf("generation %d: %s", ev.Generation, ev.Kind)
-			if ev.Message != "" {
+			if ev.Message != "" && ev.Kind != "failed" { // a failure's details come with the result
 				m.Message += ": " + ev.Message
 			}
 		}
@@ -89,6 +89,16 @@ func (d *daemon) reloadTo(ctx context.Context, o *op, id string) (*cluster.Reloa
 			res.Generation, id, fmtDur(res.ReadyAfter), fmtDur(res.RetiredAfter))
 	}
 	return res, err
+}
+
+// reloadErr describes a failed reload in one line; the per-worker details
+// travel separately (failuresOf).
+func reloadErr(err error) error {
+	var re *cluster.ReloadError
+	if !errors.As(err, &re) {
+		return fmt.Errorf("new workers did not take over: %w", err)
+	}
+	return fmt.Errorf("new workers did not take over: generation %d (release %s): %w after %s", re.Generation, re.ReleaseID, re.Cause, fmtDur(re.After))
 }
 
 func failuresOf(err error) []WorkerVerdict {
@@ -276,7 +286,7 @@ func (d *daemon) deploy(ctx context.Context, o *op) Message {
 			restored = d.restore(o, prev)
 		}
 		d.onFailure(ctx, o, id, prev, err.Error())
-		return fail(codeFailed, "failed", fmt.Errorf("new workers did not take over: %w", err), restored, failuresOf(err))
+		return fail(codeFailed, "failed", reloadErr(err), restored, failuresOf(err))
 	}
 	if first {
 		if err := activate(); err != nil {
@@ -379,7 +389,7 @@ func (d *daemon) rollback(ctx context.Context, o *op) Message {
 		d.onFailure(ctx, o, target, prev, err.Error())
 		ev.Result, ev.Error = "failed", err.Error()
 		d.record(o, ev)
-		return Message{Code: codeFailed, ID: target, From: prev, Error: "workers of " + target + " did not take over: " + err.Error(), Restored: restored, Failures: failuresOf(err)}
+		return Message{Code: codeFailed, ID: target, From: prev, Error: reloadErr(err).Error(), Restored: restored, Failures: failuresOf(err)}
 	}
 	if err := d.runHooks(ctx, o, "post-rollback", d.cfg.Hooks.PostRollback, target, prev, ""); err != nil {
 		d.emit(o, "post-rollback", "warn", "%v", err)
@@ -404,7 +414,7 @@ func (d *daemon) reload(ctx context.Context, o *op) Message {
 		ev.Result, ev.Error = "failed", err.Error()
 		d.record(o, ev)
 		// The previous generation (if any) keeps serving.
-		return Message{Code: codeFailed, ID: cur, Error: "new workers did not take over: " + err.Error(), Failures: failuresOf(err)}
+		return Message{Code: codeFailed, ID: cur, Error: reloadErr(err).Error(), Failures: failuresOf(err)}
 	}
 	ev.Result = "ok"
 	d.record(o, ev)
