@@ -25,7 +25,8 @@
 //   - Deploy: lock → fetch → link → pre-activate hooks (failure: the release
 //     is removed, nothing changed) → activate → reload (failure: current
 //     points back, the old workers never stopped, on-failure hooks, exit 1
-//     with each failed worker's verdict) → post-deploy hooks (failure with
+//     with each failed worker's verdict; a first deploy creates current only
+//     once its workers serve) → post-deploy hooks (failure with
 //     post_deploy_failure = "rollback": back to the previous release through
 //     a reload) → record → prune (never the releases of live generations).
 //     Redeploying an existing id with identical content re-activates it
