@@ -200,6 +200,14 @@ func TestReadyTime(t *testing.T) {
 	if got := readyTime(events[:4]); !got.Equal(at(720)) {
 		t.Errorf("readyTime without quorum = %v", got)
 	}
+	quorum1 := []agentEvent{
+		{Type: "event", Time: at(500), Stage: "reload", Kind: "worker", Message: "generation 4: 1/2 workers ready"},
+		{Type: "event", Time: at(501), Stage: "reload", Kind: "step", Message: "generation 4: quorum: 1 of 2 ready after 1.547s"},
+		{Type: "event", Time: at(502), Stage: "reload", Kind: "step", Message: "generation 3: quorumless"},
+	}
+	if got := readyTime(quorum1); !got.Equal(at(501)) {
+		t.Errorf("readyTime with quorum 1 = %v", got)
+	}
 	failed := []agentEvent{{Type: "event", Time: at(3000), Stage: "reload", Kind: "warn", Message: "0 of 2 workers ready within 3s"}}
 	if got := readyTime(failed); !got.IsZero() {
 		t.Errorf("readyTime of a failed reload = %v", got)

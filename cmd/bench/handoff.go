@@ -80,7 +80,8 @@ address = %q
 [readiness]
 mode = "listen"
 timeout = %q
-`, m.root, m.b.node, m.b.workers, strings.Join(env, ", "), m.ad, m.b.readyTimeout.String())
+quorum = %s
+`, m.root, m.b.node, m.b.workers, strings.Join(env, ", "), m.ad, m.b.readyTimeout.String(), m.b.quorumTOML())
 	if err := os.WriteFile(m.cfg, []byte(cfg), 0o644); err != nil {
 		return fmt.Errorf("handoff: write config: %w", err)
 	}

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -30,12 +31,21 @@ type bench struct {
 	rounds, reloadRounds, bootRuns     int // baseline rounds; reload rounds; boot time samples
 	deadline                           time.Time
 	reloadSlack                        float64
+	quorum                             string
 	reloads                            int
 	gen                                int // generations brought up so far, for distinct bodies
 	only                               map[string]bool
 }
 
 func (b *bench) fixture(name string) string { return filepath.Join(b.fixtures, name) }
+
+// quorumTOML is the -quorum flag as a TOML value.
+func (b *bench) quorumTOML() string {
+	if _, err := strconv.Atoi(b.quorum); err == nil {
+		return b.quorum
+	}
+	return strconv.Quote(b.quorum)
+}
 
 func main() {
 	os.Exit(run())
@@ -59,6 +69,7 @@ func run() int {
 	flag.StringVar(&b.fixtures, "fixtures", "bench/fixtures", "directory with app.js, cluster-master.js, broken.js")
 	flag.IntVar(&b.conns, "conns", 32, "concurrent load connections")
 	flag.IntVar(&b.workers, "workers", 2, "app workers under every manager")
+	flag.StringVar(&b.quorum, "quorum", "all", `handoff's [readiness] quorum: "all" (the default) or a number; 1 is the cluster master's behaviour`)
 	flag.Parse()
 
 	level := slog.LevelInfo

@@ -377,10 +377,14 @@ func readyTime(events []agentEvent) time.Time {
 		if e.Type != "event" || e.Stage != "reload" {
 			continue
 		}
-		if e.Kind == "step" && strings.HasSuffix(e.Message, ": quorum") {
-			return e.Time
-		}
+		// "generation 3: quorum" or "generation 3: quorum: 1 of 2 ready after 1.5s"
 		var g, k, n int
+		var rest string
+		if e.Kind == "step" {
+			if _, err := fmt.Sscanf(e.Message, "generation %d: %s", &g, &rest); err == nil && strings.TrimSuffix(rest, ":") == "quorum" {
+				return e.Time
+			}
+		}
 		if _, err := fmt.Sscanf(e.Message, "generation %d: %d/%d workers ready", &g, &k, &n); err == nil && k == n {
 			last = e.Time
 		}

@@ -55,6 +55,7 @@ type Params struct {
 	BaselineS        float64 `json:"baseline_s"` // per manager and mode, over all rounds
 	BaselineRounds   int     `json:"baseline_rounds"`
 	ReadinessTimeout string  `json:"readiness_timeout"`
+	Quorum           string  `json:"handoff_quorum"`
 }
 
 // Target is one of issue 5's targets, evaluated.
@@ -94,7 +95,7 @@ func newResults(b *bench, quick bool) *Results {
 		r.Versions.PM2 = pm2Version(b.pm2)
 	}
 	r.Params = Params{Conns: b.conns, Workers: b.workers, ReloadEveryS: b.every.Seconds(), ReloadsPerRow: b.reloads, ReloadRounds: b.reloadRounds,
-		BaselineS: b.baseline.Seconds() * float64(b.rounds), BaselineRounds: b.rounds, ReadinessTimeout: b.readyTimeout.String()}
+		BaselineS: b.baseline.Seconds() * float64(b.rounds), BaselineRounds: b.rounds, ReadinessTimeout: b.readyTimeout.String(), Quorum: b.quorum}
 	return r
 }
 
@@ -446,6 +447,7 @@ func renderMarkdown(r *Results) string {
 	fmt.Fprintf(&w, "- versions: go %s, node %s, pm2 %s, agent %s, %s\n", r.Versions.Go, r.Versions.Node, r.Versions.PM2, r.Versions.Agent, r.Versions.Systemd)
 	fmt.Fprintf(&w, "- load: %d connections on 127.0.0.1, %d app workers per manager, baseline %.0f s in %d rounds, a reload every %.0f s, %d reloads per manager and mode in %d rounds\n",
 		r.Params.Conns, r.Params.Workers, r.Params.BaselineS, r.Params.BaselineRounds, r.Params.ReloadEveryS, r.Params.ReloadsPerRow, r.Params.ReloadRounds)
+	fmt.Fprintf(&w, "- handoff: readiness `listen`, quorum %s, timeout %s\n", r.Params.Quorum, r.Params.ReadinessTimeout)
 	fmt.Fprintf(&w, "- app boot (exec → first 200 response): %.0f ms idle, %.0f ms under load\n\n", r.AppBootMS, r.AppBootUnderLoadMS)
 
 	fmt.Fprintf(&w, "## Throughput, latency and reloads\n\n")
