@@ -59,7 +59,7 @@ func run() int {
 		only    = flag.String("only", "", "comma-separated managers to run (alone,cluster-master,pm2,handoff); default all")
 		verbose = flag.Bool("v", false, "debug logging")
 		reloads = flag.Int("reloads", 0, "reloads per manager and mode (default 10 in 2 rounds, quick 2)")
-		budget  = flag.Duration("budget", 0, "time budget: rows that would start after it are skipped and listed (default 9m, quick 95s)")
+		budget  = flag.Duration("budget", 0, "time budget: rows that would start after it are skipped and listed (default 9m, quick 85s)")
 	)
 	b := &bench{}
 	flag.StringVar(&b.agent, "agent", "", "agent binary (required for the handoff rows)")
@@ -90,7 +90,7 @@ func run() int {
 	if *budget == 0 {
 		*budget = 9 * time.Minute
 		if *quick {
-			*budget = 95 * time.Second
+			*budget = 85 * time.Second
 		}
 	}
 	if *reloads > 0 {

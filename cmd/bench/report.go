@@ -459,7 +459,8 @@ func renderMarkdown(r *Results) string {
 		"others' CPU: what the machine spent outside the benchmark meanwhile (other users of the box), the noise. "+
 		"*alone* is two app processes sharing one listening socket that the bench holds, no manager at all. "+
 		"The load generator runs in the bench process on the same machine, and every baseline and reload row runs in rounds "+
-		"that visit each manager in turn.\n\n")
+		"that visit each manager in turn; a row merged from rounds adds up the counts, joins the seconds, "+
+		"and takes the rounds' median p50 and p99 (the higher one of two) and their max.\n\n")
 	fmt.Fprintf(&w, "| manager | mode | req/s baseline | vs alone | vs best other | latency baseline | req/s reloads | latency reloads | requests | failed | stale keep-alive | reloads ok | ready | first new | old gone | manager RSS, CPU | workers CPU | others' CPU |\n")
 	fmt.Fprintf(&w, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, mgr := range []string{"alone", "handoff", "cluster-master", "pm2"} {
