@@ -1,0 +1,397 @@
+package examples_test
+
+// A small harness for driving the real agent binary with the examples:
+// it builds the agent once, packs an example directory as a tar.gz release,
+// serves releases over HTTP on 127.0.0.1 with ?checksum=sha256:…, runs
+// `agent run` with a generated deploy.toml, and runs the CLI against it.
+
+import (
+	"archive/tar"
+	"bytes"
+	"compress/gzip"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io/fs"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+var (
+	agentBuildOnce sync.Once
+	agentBuildPath string
+	agentBuildErr  error
+)
+
+// buildAgent builds ../agent once per test binary run, into the directory
+// buildGoExample made (which TestMain removes), unless HANDOFF_TEST_AGENT
+// names a binary. It is built without -race:
+// the agent's own tests run it raced; here it only has to be the real thing,
+// and the race build would take CPU from the apps under test.
+func buildAgent(t *testing.T) string {
+	t.Helper()
+	goBin := buildGoExample(t)
+	agentBuildOnce.Do(func() {
+		// HANDOFF_TEST_AGENT runs the tests against an agent built
+		// elsewhere (a release build, or while ../agent is mid-edit).
+		if p := os.Getenv("HANDOFF_TEST_AGENT"); p != "" {
+			agentBuildPath = p
+			return
+		}
+		agentBuildPath = filepath.Join(filepath.Dir(goBin), "agent")
+		out, err := exec.Command(goTool(), "build", "-o", agentBuildPath, "../agent").CombinedOutput()
+		if err != nil {
+			agentBuildErr = fmt.Errorf("go build ../agent: %w\n%s", err, out)
+		}
+	})
+	if agentBuildErr != nil {
+		t.Fatal(agentBuildErr)
+	}
+	return agentBuildPath
+}
+
+func goTool() string {
+	if p, err := exec.LookPath("go"); err == nil {
+		return p
+	}
+	return filepath.Join(os.Getenv("GOROOT"), "bin", "go")
+}
+
+// releaseFiles reads the regular files of examples/<dir> (no __pycache__),
+// keyed by slash path, with their modes.
+func releaseFiles(t *testing.T, dir string) map[string]relFile {
+	t.Helper()
+	files := map[string]relFile{}
+	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.IsDir() {
+			if d.Name() == "__pycache__" || d.Name() == "node_modules" {
+				return filepath.SkipDir
+			}
+			return nil
+		}
+		if !d.Type().IsRegular() || strings.HasSuffix(p, ".go") {
+			return nil
+		}
+		info, err := d.Info()
+		if err != nil {
+			return err
+		}
+		b, err := os.ReadFile(p)
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(dir, p)
+		files[filepath.ToSlash(rel)] = relFile{mode: int64(info.Mode().Perm()), body: b}
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("reading example %s: %v", dir, err)
+	}
+	return files
+}
+
+type relFile struct {
+	mode int64
+	body []byte
+}
+
+// tarGz packs files, in name order, as a gzipped tar.
+func tarGz(t *testing.T, files map[string]relFile) []byte {
+	t.Helper()
+	names := make([]string, 0, len(files))
+	for n := range files {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	var buf bytes.Buffer
+	gz, _ := gzip.NewWriterLevel(&buf, gzip.BestSpeed)
+	tw := tar.NewWriter(gz)
+	dirs := map[string]bool{}
+	for _, name := range names {
+		for d := filepath.Dir(name); d != "." && !dirs[d]; d = filepath.Dir(d) {
+			dirs[d] = true
+			if err := tw.WriteHeader(&tar.Header{Name: d + "/", Mode: 0o755, Typeflag: tar.TypeDir}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		f := files[name]
+		if err := tw.WriteHeader(&tar.Header{Name: name, Mode: f.mode, Size: int64(len(f.body)), Typeflag: tar.TypeReg}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tw.Write(f.body); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := tw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := gz.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
+}
+
+// artifactToken stands for the signature of a pre-signed URL.
+const artifactToken = "s3cr3t"
+
+// artifactServer serves release archives over HTTP on 127.0.0.1.
+type artifactServer struct {
+	mu   sync.Mutex
+	blob map[string][]byte
+	srv  *httptest.Server
+}
+
+func newArtifactServer(t *testing.T) *artifactServer {
+	t.Helper()
+	a := &artifactServer{blob: map[string][]byte{}}
+	a.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		// Like a pre-signed storage URL: the query must come back as
+		// published, without the checksum (go-getter keeps that to itself).
+		if q := r.URL.Query(); q.Get("token") != artifactToken || q.Has("checksum") {
+			http.Error(w, "bad query "+r.URL.RawQuery, http.StatusForbidden)
+			return
+		}
+		a.mu.Lock()
+		b, ok := a.blob[strings.TrimPrefix(r.URL.Path, "/")]
+		a.mu.Unlock()
+		if !ok {
+			http.NotFound(w, r)
+			return
+		}
+		w.Header().Set("Content-Type", "application/gzip")
+		w.Write(b)
+	}))
+	t.Cleanup(a.srv.Close)
+	return a
+}
+
+// publish serves archive as NAME.tar.gz and returns its URL: a token query
+// (as a pre-signed URL has) and the checksum.
+func (a *artifactServer) publish(name string, archive []byte) string {
+	a.mu.Lock()
+	a.blob[name+".tar.gz"] = archive
+	a.mu.Unlock()
+	sum := sha256.Sum256(archive)
+	return a.srv.URL + "/" + name + ".tar.gz?token=" + artifactToken + "&checksum=sha256:" + hex.EncodeToString(sum[:])
+}
+
+// agentRun is one `agent run` with its config.
+type agentRun struct {
+	t    *testing.T
+	bin  string
+	cfg  string
+	sock string
+	cmd  *exec.Cmd
+	out  *syncBuffer
+	done chan struct{}
+	err  error // Wait's result, set before done is closed
+}
+
+// deployConfig is what varies between the examples' deploy.toml files.
+type deployConfig struct {
+	command []string
+	env     map[string]string
+	mode    string // readiness mode
+}
+
+// startAgent writes deploy.toml and runs `agent run` until its control
+// socket accepts connections.
+func startAgent(t *testing.T, dc deployConfig) *agentRun {
+	t.Helper()
+	bin := buildAgent(t)
+	dir := t.TempDir()
+	root := filepath.Join(dir, "root")
+	q := func(s string) string { b, _ := json.Marshal(s); return string(b) } // a TOML basic string
+	var cmd []string
+	for _, c := range dc.command {
+		cmd = append(cmd, q(c))
+	}
+	var env []string
+	for k, v := range dc.env {
+		env = append(env, k+" = "+q(v))
+	}
+	sort.Strings(env)
+	text := fmt.Sprintf(`root = %s
+keep_releases = 3
+
+[app]
+command = [%s]
+workers = 2
+env = { %s }
+drain_timeout = "15s"
+
+[[listen]]
+name = "http"
+address = "127.0.0.1:0"
+
+[readiness]
+mode = %s
+timeout = "15s"
+
+[restart]
+backoff_min = "50ms"
+backoff_max = "1s"
+
+[fetch]
+allow = ["http"]
+require_checksum = true
+`, q(root), strings.Join(cmd, ", "), strings.Join(env, ", "), q(dc.mode))
+	a := &agentRun{t: t, bin: bin, cfg: filepath.Join(dir, "deploy.toml"),
+		sock: filepath.Join(root, ".agent", "agent.sock"), out: &syncBuffer{}, done: make(chan struct{})}
+	if err := os.WriteFile(a.cfg, []byte(text), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	a.cmd = exec.Command(bin, "run", "-c", a.cfg)
+	a.cmd.Stdout, a.cmd.Stderr = a.out, a.out
+	if err := a.cmd.Start(); err != nil {
+		t.Fatalf("agent run: %v", err)
+	}
+	go func() { a.err = a.cmd.Wait(); close(a.done) }()
+	t.Cleanup(func() {
+		select {
+		case <-a.done:
+		default:
+			a.cmd.Process.Signal(syscall.SIGTERM)
+			select {
+			case <-a.done:
+			case <-time.After(30 * time.Second):
+				a.cmd.Process.Kill()
+				<-a.done
+			}
+		}
+		if t.Failed() {
+			t.Logf("agent log:\n%s", a.out.String())
+		}
+	})
+	waitFor(t, 30*time.Second, "the agent's control socket", func() bool {
+		select {
+		case <-a.done:
+			t.Fatalf("agent exited: %v\n%s", a.err, a.out.String())
+		default:
+		}
+		c, err := net.Dial("unix", a.sock)
+		if err != nil {
+			return false
+		}
+		c.Close()
+		return true
+	})
+	return a
+}
+
+// cliResult is one run of a client subcommand.
+type cliResult struct {
+	args           []string
+	stdout, stderr string
+	code           int
+	elapsed        time.Duration
+}
+
+func (r cliResult) String() string {
+	return fmt.Sprintf("agent %s: exit %d after %v\nstdout:\n%s\nstderr:\n%s",
+		strings.Join(r.args, " "), r.code, r.elapsed.Round(time.Millisecond), r.stdout, r.stderr)
+}
+
+// do runs `agent SUBCOMMAND -c deploy.toml ARGS…`.
+func (a *agentRun) do(sub string, args ...string) cliResult {
+	a.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	argv := append([]string{sub, "-c", a.cfg}, args...)
+	cmd := exec.CommandContext(ctx, a.bin, argv...)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	start := time.Now()
+	err := cmd.Run()
+	r := cliResult{args: argv, stdout: out.String(), stderr: errb.String(), elapsed: time.Since(start)}
+	if err != nil {
+		ee, ok := err.(*exec.ExitError)
+		if !ok {
+			a.t.Fatalf("agent %v: %v", argv, err)
+		}
+		r.code = ee.ExitCode()
+	}
+	return r
+}
+
+func (a *agentRun) mustDo(sub string, args ...string) cliResult {
+	a.t.Helper()
+	r := a.do(sub, args...)
+	if r.code != 0 {
+		a.t.Fatalf("%v", r)
+	}
+	return r
+}
+
+// status is the part of `agent status --json` the tests read.
+type status struct {
+	Current     string   `json:"current"`
+	Listen      []string `json:"listen"`
+	Generations []struct {
+		Release string `json:"release"`
+		State   string `json:"state"`
+		Workers []struct {
+			PID      int    `json:"pid"`
+			State    string `json:"state"`
+			Restarts int    `json:"restarts"`
+		} `json:"workers"`
+	} `json:"generations"`
+	LastDeploys []struct {
+		Op     string `json:"op"`
+		ID     string `json:"id"`
+		Result string `json:"result"`
+	} `json:"last_deploys"`
+}
+
+func (a *agentRun) status() status {
+	a.t.Helper()
+	r := a.mustDo("status", "--json")
+	var st status
+	if err := json.Unmarshal([]byte(r.stdout), &st); err != nil {
+		a.t.Fatalf("status --json: %v\n%s", err, r.stdout)
+	}
+	return st
+}
+
+// stop sends SIGTERM and wants exit 0 within d.
+func (a *agentRun) stop(d time.Duration) {
+	a.t.Helper()
+	a.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-a.done:
+	case <-time.After(d):
+		a.t.Fatalf("agent still running %v after SIGTERM", d)
+	}
+	if a.err != nil {
+		a.t.Errorf("agent exit after SIGTERM: %v; want 0", a.err)
+	}
+}
+
+// getBody fetches / on a fresh connection (no keep-alive, no retries).
+func getBody(t *testing.T, addr string) string {
+	t.Helper()
+	c := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+	resp, err := c.Get("http://" + addr + "/")
+	if err != nil {
+		t.Fatalf("GET %s: %v", addr, err)
+	}
+	defer resp.Body.Close()
+	var b bytes.Buffer
+	b.ReadFrom(resp.Body)
+	return strings.TrimSpace(b.String())
+}
