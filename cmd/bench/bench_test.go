@@ -7,6 +7,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"io"
 	"log/slog"
 	"net/http"
@@ -94,20 +95,30 @@ func TestProcs_stopEscalatesToSIGKILL(t *testing.T) {
 
 func TestProcs_runReportsFailureWithOutput(t *testing.T) {
 	ps := testProcs(t)
-	err := ps.run(spawn{name: "fails", argv: []string{"/bin/sh", "-c", "echo something broke; exit 3"}}, 5*time.Second)
+	err := ps.run(context.Background(), spawn{name: "fails", argv: []string{"/bin/sh", "-c", "echo something broke; exit 3"}}, 5*time.Second)
 	if err == nil || !strings.Contains(err.Error(), "something broke") || !strings.Contains(err.Error(), "exit status 3") {
 		t.Fatalf("run = %v", err)
 	}
-	out, err := ps.output(spawn{name: "prints", argv: []string{"/bin/echo", "hello"}}, 5*time.Second)
+	out, err := ps.output(context.Background(), spawn{name: "prints", argv: []string{"/bin/echo", "hello"}}, 5*time.Second)
 	if err != nil || string(out) != "hello\n" {
 		t.Fatalf("output = %q, %v", out, err)
 	}
 	// Names are unique per process: the second "prints" gets its own log.
-	if _, err := ps.output(spawn{name: "prints", argv: []string{"/bin/true"}}, 5*time.Second); err != nil {
+	if _, err := ps.output(context.Background(), spawn{name: "prints", argv: []string{"/bin/true"}}, 5*time.Second); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := os.Stat(filepath.Join(ps.logDir, "prints.2.log")); err != nil {
 		t.Fatal(err)
+	}
+	// The end of ctx stops a command at once.
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() { time.Sleep(100 * time.Millisecond); cancel() }()
+	begin := time.Now()
+	if err := ps.run(ctx, spawn{name: "long", argv: []string{"/bin/sleep", "30"}}, time.Minute); !errors.Is(err, context.Canceled) {
+		t.Fatalf("run after cancel = %v", err)
+	}
+	if d := time.Since(begin); d > 5*time.Second {
+		t.Fatalf("cancelled run took %v", d)
 	}
 }
 

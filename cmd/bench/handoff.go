@@ -162,7 +162,7 @@ type agentStatus struct {
 }
 
 func (m *handoffMgr) status(ctx context.Context) (*agentStatus, error) {
-	out, err := m.b.procs.output(spawn{name: "agent-status", argv: []string{m.b.agent, "status", "-c", m.cfg, "--json"}}, 10*time.Second)
+	out, err := m.b.procs.output(ctx, spawn{name: "agent-status", argv: []string{m.b.agent, "status", "-c", m.cfg, "--json"}}, 10*time.Second)
 	if err != nil {
 		return nil, err
 	}

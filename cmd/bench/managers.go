@@ -321,7 +321,7 @@ func (m *pm2Mgr) cli(ctx context.Context, args ...string) error {
 		}
 		argv = append(argv, a)
 	}
-	return m.b.procs.run(spawn{name: fmt.Sprintf("pm2-%02d-%s", m.seq, argv[0]), argv: append([]string{m.b.pm2}, argv...),
+	return m.b.procs.run(ctx, spawn{name: fmt.Sprintf("pm2-%02d-%s", m.seq, argv[0]), argv: append([]string{m.b.pm2}, argv...),
 		env: env, dir: m.b.fixtures}, 60*time.Second)
 }
 

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -180,18 +181,23 @@ func (ps *procs) start(s spawn) (*child, error) {
 	return c, nil
 }
 
-// run starts s and waits for it, up to timeout; the error carries the tail of
-// its output.
-func (ps *procs) run(s spawn, timeout time.Duration) error {
+// run starts s and waits for it, up to timeout or the end of ctx (then it
+// is stopped); the error carries the tail of its output.
+func (ps *procs) run(ctx context.Context, s spawn, timeout time.Duration) error {
 	c, err := ps.start(s)
 	if err != nil {
 		return err
 	}
+	t := time.NewTimer(timeout)
+	defer t.Stop()
 	select {
 	case <-c.done:
-	case <-time.After(timeout):
+	case <-t.C:
 		ps.stop(c, time.Second)
 		return fmt.Errorf("%s: %w after %v: %s", s.name, errTimeout, timeout, tail(c.logPath(ps), 5))
+	case <-ctx.Done():
+		ps.stop(c, time.Second)
+		return fmt.Errorf("%s: %w", s.name, ctx.Err())
 	}
 	if c.err != nil {
 		return fmt.Errorf("%s: %w: %s", s.name, c.err, tail(c.logPath(ps), 5))
@@ -200,10 +206,10 @@ func (ps *procs) run(s spawn, timeout time.Duration) error {
 }
 
 // output runs s and returns its standard output.
-func (ps *procs) output(s spawn, timeout time.Duration) ([]byte, error) {
+func (ps *procs) output(ctx context.Context, s spawn, timeout time.Duration) ([]byte, error) {
 	var buf bytes.Buffer
 	s.stdout = &buf
-	err := ps.run(s, timeout)
+	err := ps.run(ctx, s, timeout)
 	return buf.Bytes(), err
 }
 
