@@ -60,7 +60,7 @@ reap() {
 }
 cleanup() {
 	reap
-	if [ "$ok" = 1 ]; then
+	if [ "$ok" = 1 ] || [ -z "$(ls -A "$tmp/work/logs" 2>/dev/null)" ]; then
 		rm -rf "$tmp"
 	else
 		echo "bench did not finish; logs kept in $tmp/work/logs" >&2
