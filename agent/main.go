@@ -76,7 +76,9 @@ func usage(w io.Writer) {
 
 func main() {
 	cluster.RunShimIfRequested()
-	os.Exit(runMain(os.Args[1:]))
+	// The main thread starts the workers, so that an in-place upgrade
+	// (SIGUSR2, upgrade.go) keeps them: see cluster.RunMain.
+	os.Exit(cluster.RunMain(func() int { return runMain(os.Args[1:]) }))
 }
 
 func runMain(args []string) int {
