@@ -320,7 +320,10 @@ func (d *daemon) startLocked(ctx context.Context, o *op) {
 	d.opsWG.Add(1)
 	go func() {
 		defer d.opsWG.Done()
-		d.execute(ctx, o)
+		res := d.execute(ctx, o)
+		// The agent is free again before the client hears the result, so a
+		// client may start its next operation as soon as this one returns.
+		defer o.log.finish(res)
 		d.mu.Lock()
 		defer d.mu.Unlock()
 		d.running = nil
@@ -335,7 +338,9 @@ func (d *daemon) startLocked(ctx context.Context, o *op) {
 	}()
 }
 
-func (d *daemon) execute(ctx context.Context, o *op) {
+// execute runs o with the root locked and returns its result; the caller
+// finishes o's log with it.
+func (d *daemon) execute(ctx context.Context, o *op) Message {
 	start := time.Now()
 	o.started = start
 	log := d.log.With("op", o.req.Op, "id", o.req.ID)
@@ -371,11 +376,11 @@ func (d *daemon) execute(ctx context.Context, o *op) {
 	res.Op = o.req.Op
 	res.Current = currentOrEmpty(d.store)
 	res.Elapsed = time.Since(start).Seconds()
-	o.log.finish(res)
 	if res.Code == codeOK {
 		log.Info("Operation done", "release", res.ID, "elapsed", time.Since(start))
 	} else {
 		log.Warn("Operation failed", "code", res.Code, "err", res.Error, "restored", res.Restored)
 	}
 	d.markReady(d.statusLine())
+	return res
 }
