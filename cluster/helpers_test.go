@@ -27,12 +27,19 @@ import (
 // (CLUSTER_TEST_ROLE=upgrader, upgrade_test.go).
 func TestMain(m *testing.M) {
 	RunShimIfRequested()
+	// Masters of the master role, and of the upgrader role until its first
+	// upgrade when UPGRADER_OWN_THREAD is set, start their workers from a
+	// thread of their own (no RunMain); all others from the main thread.
+	switch role := os.Getenv("CLUSTER_TEST_ROLE"); {
+	case role == "master":
+		os.Exit(runMasterRole())
+	case role == "upgrader" && os.Getenv("UPGRADER_OWN_THREAD") != "" && !Upgraded():
+		os.Exit(runUpgraderRole())
+	}
 	os.Exit(RunMain(func() int {
 		switch os.Getenv("CLUSTER_TEST_ROLE") {
 		case "worker":
 			return runWorkerRole(os.Getenv("HELPER_MODE"))
-		case "master":
-			return runMasterRole()
 		case "upgrader":
 			return runUpgraderRole()
 		case "adopt":

@@ -145,9 +145,9 @@ type upgrader struct {
 	lines chan upgraderInfo
 }
 
-func startUpgrader(t *testing.T) (*upgrader, upgraderInfo) {
+func startUpgrader(t *testing.T, env ...string) (*upgrader, upgraderInfo) {
 	cmd := exec.Command(selfPath(t))
-	cmd.Env = append(os.Environ(), "CLUSTER_TEST_ROLE=upgrader")
+	cmd.Env = append(append(os.Environ(), "CLUSTER_TEST_ROLE=upgrader"), env...)
 	cmd.Dir = t.TempDir()
 	cmd.Stderr = tWriter{t}
 	out, err := cmd.StdoutPipe()
@@ -215,9 +215,16 @@ func workerPids(info upgraderInfo) []int {
 // pids, no failed request, no refused connection; failed upgrades change
 // nothing; a worker restarted after an upgrade and one from before survive
 // the next one; a reload after upgrades works; kill -9 of the upgraded
-// master still takes every worker and the watchdog down.
+// master still takes every worker and the watchdog down. The first program
+// starts its workers from the main thread (RunMain), or from a thread of its
+// own; the upgraded ones always run under RunMain.
 func TestMaster_Upgrade(t *testing.T) {
-	u, info := startUpgrader(t)
+	t.Run("main-thread", func(t *testing.T) { testUpgrade(t) })
+	t.Run("own-thread", func(t *testing.T) { testUpgrade(t, "UPGRADER_OWN_THREAD=1") })
+}
+
+func testUpgrade(t *testing.T, env ...string) {
+	u, info := startUpgrader(t, env...)
 	pids := workerPids(info)
 	if len(pids) != 2 || info.Note != "handed over" {
 		t.Fatalf("start: %+v", info)
