@@ -1,0 +1,90 @@
+// Command soakapp is the soak test's worker: as small and as fast to start
+// and to stop as a real server gets. It serves "hello from
+// $DEPLOY_RELEASE_ID" on the listening socket inherited as fd 3. On SIGTERM
+// it stops accepting, answers every further request with Connection: close,
+// closes a connection once it has been idle for idleGrace (so a client
+// about to reuse it is answered, not reset), and exits as soon as no
+// connection is left (at most after drainCap).
+package main
+
+import (
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"sync"
+	"syscall"
+	"time"
+)
+
+const (
+	idleGrace = 50 * time.Millisecond
+	drainCap  = 5 * time.Second
+)
+
+type connInfo struct {
+	state http.ConnState
+	since time.Time
+}
+
+func main() {
+	l, err := net.FileListener(os.NewFile(3, "listen"))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "soakapp: no listening socket on fd 3:", err)
+		os.Exit(1)
+	}
+	id := os.Getenv("DEPLOY_RELEASE_ID")
+	var (
+		mu       sync.Mutex
+		conns    = map[net.Conn]connInfo{}
+		stopping bool
+	)
+	srv := &http.Server{
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			mu.Lock()
+			s := stopping
+			mu.Unlock()
+			if s {
+				w.Header().Set("Connection", "close")
+			}
+			fmt.Fprintf(w, "hello from %s\n", id)
+		}),
+		ConnState: func(c net.Conn, st http.ConnState) {
+			mu.Lock()
+			defer mu.Unlock()
+			if st == http.StateClosed || st == http.StateHijacked {
+				delete(conns, c)
+				return
+			}
+			conns[c] = connInfo{st, time.Now()}
+		},
+	}
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
+	go func() {
+		<-sigs
+		mu.Lock()
+		stopping = true
+		mu.Unlock()
+		l.Close()
+		deadline := time.Now().Add(drainCap)
+		for time.Now().Before(deadline) {
+			mu.Lock()
+			for c, ci := range conns {
+				if ci.state != http.StateActive && time.Since(ci.since) >= idleGrace {
+					c.Close()
+				}
+			}
+			n := len(conns)
+			mu.Unlock()
+			if n == 0 {
+				break
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+		os.Exit(0)
+	}()
+	srv.Serve(l)
+	select {} // the stop goroutine exits
+}
