@@ -12,9 +12,12 @@ package examples_test
 //
 // and every step must end with 0 failed requests and 0 stale keep-alive
 // errors, and with new connections served by the release the step names.
-// Each example runs with the readiness modes its recipe claims: `listen`
-// where the server's accept loop shows in an epoll set, `notify` where it
-// sends READY=1.
+// The failed deploy must leave the shared listening socket's mode as the
+// serving workers set it, and every retired worker must exit 0 on its own
+// (its graceful stop ended; it was not killed at drain_timeout). Each
+// example runs with the readiness modes its recipe claims: `listen` where
+// the server's accept loop shows in an epoll set, `notify` where it sends
+// READY=1. The subtests run in parallel, at most GOMAXPROCS at once.
 
 import (
 	"context"
@@ -60,7 +63,7 @@ func dirRelease(dir string) func(t *testing.T) map[string]relFile {
 	return func(t *testing.T) map[string]relFile { return releaseFiles(t, dir) }
 }
 
-func deployCases() map[string]deployCase {
+func deployCases() []deployCase {
 	node := deployCase{example: "node", command: []string{"node", "server.js"},
 		release: dirRelease("node"),
 		broken:  prepend("server.js", `throw new Error("broken release (test): cannot start");`)}
@@ -90,15 +93,12 @@ func deployCases() map[string]deployCase {
 		release: dirRelease("ruby"),
 		broken:  prepend("config.ru", `raise "broken release (test): cannot boot"`)}
 	with := func(c deployCase, mode string) deployCase { c.mode = mode; return c }
-	return map[string]deployCase{
-		"node/listen":            with(node, "listen"),
-		"go/listen":              with(goApp, "listen"),
-		"go/notify":              with(goApp, "notify"),
-		"python-gunicorn/listen": with(gunicorn, "listen"),
-		"python-gunicorn/notify": with(gunicorn, "notify"),
-		"python-stdlib/listen":   with(stdlib, "listen"),
-		"python-stdlib/notify":   with(stdlib, "notify"),
-		"ruby-puma/notify":       with(puma, "notify"),
+	return []deployCase{
+		with(node, "listen"),
+		with(goApp, "listen"), with(goApp, "notify"),
+		with(gunicorn, "listen"), with(gunicorn, "notify"),
+		with(stdlib, "listen"), with(stdlib, "notify"),
+		with(puma, "notify"),
 	}
 }
 
@@ -108,15 +108,8 @@ func TestDeploy_UnderLoad(t *testing.T) {
 		exs[ex.name] = ex
 	}
 	buildAgent(t)
-	cases := deployCases()
-	for _, name := range []string{
-		"node/listen", "go/listen", "go/notify",
-		"python-gunicorn/listen", "python-gunicorn/notify",
-		"python-stdlib/listen", "python-stdlib/notify",
-		"ruby-puma/notify",
-	} {
-		c := cases[name]
-		t.Run(name, func(t *testing.T) {
+	for _, c := range deployCases() {
+		t.Run(c.example+"/"+c.mode, func(t *testing.T) {
 			t.Parallel()               // at most -parallel (GOMAXPROCS) at once
 			resolve(t, exs[c.example]) // fails naming scripts/install-examples-deps.sh
 			testDeployUnderLoad(t, c)
