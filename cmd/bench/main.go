@@ -162,7 +162,7 @@ func run() int {
 		return 1
 	}
 	fmt.Print(renderTargets(res))
-	b.logger.Info("Done", "seconds", int(res.Seconds), "out", *outDir, "logs_kept", *work != "" && !strings.HasPrefix(b.work, os.TempDir()))
+	b.logger.Info("Done", "seconds", int(res.Seconds), "out", *outDir)
 	if len(res.Errors) > 0 {
 		for _, e := range res.Errors {
 			b.logger.Error("Bench error", "err", e)

@@ -126,12 +126,17 @@ func pm2Version(bin string) string {
 	return pkg.Version
 }
 
+// lookPathAbs resolves p as the kernel will show it in /proc/<pid>/exe:
+// absolute, symlinks followed.
 func lookPathAbs(p string) (string, error) {
 	lp, err := exec.LookPath(p)
 	if err != nil {
 		return "", err
 	}
-	return filepath.Abs(lp)
+	if lp, err = filepath.Abs(lp); err != nil {
+		return "", err
+	}
+	return filepath.EvalSymlinks(lp)
 }
 
 // find returns the first row matching.
