@@ -16,9 +16,9 @@ var ErrUnreachable = errors.New("agent not reachable")
 const dialTimeout = 5 * time.Second
 
 // call sends req to the agent at socket, passes each event to onEvent (may be
-// nil) and returns the result. A connection or protocol failure before the
-// result is returned as an error wrapping ErrUnreachable when the agent could
-// not be reached at all.
+// nil) and returns the result. Failing to connect, or losing the connection
+// before the result, is an error wrapping ErrUnreachable (exit 3); a
+// malformed message from the agent is any other error (exit 1).
 func call(socket string, req Request, onEvent func(Message)) (Message, error) {
 	c, err := net.DialTimeout("unix", socket, dialTimeout)
 	if err != nil {
@@ -57,5 +57,7 @@ func call(socket string, req Request, onEvent func(Message)) (Message, error) {
 	if err == nil {
 		err = errors.New("connection closed before the result")
 	}
-	return Message{}, fmt.Errorf("control socket %s: %w (the operation may still be running: see `agent status`)", socket, err)
+	// The agent went away mid-stream (stopped, crashed, upgraded): its
+	// outcome is unknown here, so this is "not reachable", not "failed".
+	return Message{}, fmt.Errorf("%w: %s: %v (the operation may have finished or still run: see `agent status`)", ErrUnreachable, socket, err)
 }
