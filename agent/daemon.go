@@ -67,6 +67,7 @@ type daemon struct {
 	waiting  *op
 	stopping bool
 	opsWG    sync.WaitGroup
+	up       upgrader // SIGUSR2: upgrade.go
 }
 
 // op is one deploy, rollback or reload, queued or running.
@@ -127,7 +128,7 @@ func runDaemon(cfg *Config, log *slog.Logger) int {
 	for i, l := range cfg.Listen {
 		specs[i] = cluster.ListenSpec{Name: l.Name, Address: l.Address}
 	}
-	socks, err := cluster.OpenSockets(specs, log)
+	socks, err := d.openSockets(specs)
 	if err != nil {
 		// An address in use or not bindable is a config error: name its line.
 		for _, l := range cfg.Listen {
@@ -144,7 +145,7 @@ func runDaemon(cfg *Config, log *slog.Logger) int {
 	d.socks = socks
 	log.Info("Listening", "addrs", socks.Addrs())
 
-	master, err := cluster.NewMaster(cluster.Config{
+	master, err := d.newMaster(cluster.Config{
 		Command: cfg.App.Command, Workers: cfg.App.Workers, Env: cfg.App.EnvList(), StopSignal: cfg.App.StopSignal,
 		DrainTimeout: cfg.App.DrainTimeout,
 		Readiness: cluster.Readiness{Mode: cfg.Readiness.Mode, Timeout: cfg.Readiness.Timeout, Quorum: cfg.Readiness.Quorum,
@@ -161,7 +162,7 @@ func runDaemon(cfg *Config, log *slog.Logger) int {
 	if len(cfg.Control.AllowGIDs) > 0 {
 		gid = cfg.Control.AllowGIDs[0]
 	}
-	ln, err := listenControl(cfg.Control.Socket, gid, log)
+	ln, err := d.listenControl(cfg.Control.Socket, gid)
 	if err != nil {
 		log.Error("Cannot serve the control socket", "err", err)
 		master.Shutdown(context.Background())
@@ -175,12 +176,15 @@ func runDaemon(cfg *Config, log *slog.Logger) int {
 	log.Info("Control socket ready", "path", cfg.Control.Socket)
 
 	sigs := make(chan os.Signal, 4)
-	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGTERM, syscall.SIGINT)
+	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGTERM, syscall.SIGINT, syscall.SIGUSR2)
 	defer signal.Stop(sigs)
+	replayEarlySignals(sigs)
 
 	// The first generation, from current; or wait for the first deploy.
 	cur, cerr := store.Current()
 	switch {
+	case d.up.resumed: // the workers handed over by the agent this process replaced serve
+		d.markReady(d.statusLine())
 	case cerr == nil:
 		d.mu.Lock()
 		d.startLocked(ctx, &op{req: Request{Op: opReload, ID: cur}, since: time.Now(), log: newOpLog(), first: true})
@@ -199,6 +203,8 @@ loop:
 		select {
 		case sig := <-sigs:
 			switch sig {
+			case syscall.SIGUSR2:
+				d.upgradeOnSignal(ctx, ln)
 			case syscall.SIGHUP:
 				log.Info("SIGHUP: reloading from current")
 				l := d.submit(ctx, Request{Op: opReload})
