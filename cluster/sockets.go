@@ -170,6 +170,9 @@ func (s *Sockets) bind(sp ListenSpec) error {
 		s.unlinks = append(s.unlinks, addr)
 	}
 	l.Close()
+	if err == nil {
+		f, err = plainFile(f, sp.Name)
+	}
 	if err != nil {
 		return fmt.Errorf("open socket %q: %w", sp.Name, err)
 	}
@@ -186,11 +189,6 @@ func (s *Sockets) add(name, addr string, f *os.File) error {
 		f.Close()
 		return fmt.Errorf("open socket %q: fstat: %w", name, err)
 	}
-	// Blocking mode, as systemd passes sockets; each worker sets what it needs.
-	if err := syscall.SetNonblock(int(f.Fd()), false); err != nil {
-		f.Close()
-		return fmt.Errorf("open socket %q: %w", name, err)
-	}
 	if name == "" {
 		name = "unknown"
 	}
@@ -199,6 +197,31 @@ func (s *Sockets) add(name, addr string, f *os.File) error {
 	s.names = append(s.names, name)
 	s.addrs = append(s.addrs, addr)
 	return nil
+}
+
+// plainFile turns a listener's *os.File into one whose Fd never touches the
+// socket's flags, and leaves the socket in blocking mode, as systemd passes
+// sockets; each worker then sets the mode it needs.
+//
+// The flags live on the one open file description that the agent and every
+// worker share. A File from net.Listener.File is marked to return a blocking
+// descriptor: each Fd call, which os/exec makes for every ExtraFiles entry at
+// every spawn, would clear O_NONBLOCK under the workers already serving. A Go
+// worker then sits in accept4 where Close cannot reach it, and a Node worker
+// can block its event loop in accept. os.NewFile of a blocking descriptor
+// gives a File that is not pollable, whose Fd changes nothing.
+func plainFile(f *os.File, name string) (*os.File, error) {
+	defer f.Close()
+	fd := int(f.Fd()) // the one flag change, before any worker exists
+	if err := syscall.SetNonblock(fd, false); err != nil {
+		return nil, fmt.Errorf("set blocking: %w", err)
+	}
+	dup, err := syscall.Dup(fd)
+	if err != nil {
+		return nil, fmt.Errorf("dup: %w", err)
+	}
+	syscall.CloseOnExec(dup)
+	return os.NewFile(uintptr(dup), name), nil
 }
 
 // removeStaleUnix removes path if it is a unix socket nobody listens on.
