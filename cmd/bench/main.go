@@ -59,7 +59,7 @@ func run() int {
 		only    = flag.String("only", "", "comma-separated managers to run (alone,cluster-master,pm2,handoff); default all")
 		verbose = flag.Bool("v", false, "debug logging")
 		reloads = flag.Int("reloads", 0, "reloads per manager and mode (default 10 in 2 rounds, quick 2)")
-		budget  = flag.Duration("budget", 0, "time budget: rows that would start after it are skipped and listed (default 9m, quick 85s)")
+		budget  = flag.Duration("budget", 0, "time budget: rows that would start after it are skipped and listed (default 9m, quick 95s)")
 	)
 	b := &bench{}
 	flag.StringVar(&b.agent, "agent", "", "agent binary (required for the handoff rows)")
@@ -81,7 +81,7 @@ func run() int {
 		2*time.Second, 3*time.Second, 3, 1500*time.Millisecond, 3*time.Second, 1500*time.Millisecond, 10, 2, 3, 10*time.Second
 	if *quick {
 		b.warm, b.baseline, b.rounds, b.first, b.tail, b.reloads, b.reloadRounds, b.bootRuns, b.readyTimeout =
-			500*time.Millisecond, 2*time.Second, 1, time.Second, time.Second, 2, 1, 1, 6*time.Second
+			500*time.Millisecond, 1500*time.Millisecond, 1, time.Second, time.Second, 2, 1, 1, 6*time.Second
 	}
 	b.reloadSlack = 1.6
 	if *quick {
@@ -90,7 +90,7 @@ func run() int {
 	if *budget == 0 {
 		*budget = 9 * time.Minute
 		if *quick {
-			*budget = 85 * time.Second
+			*budget = 95 * time.Second
 		}
 	}
 	if *reloads > 0 {
