@@ -214,8 +214,18 @@ func TestE2E_restartAndStaleSocket(t *testing.T) {
 	for _, w := range st.Generations[0].Workers {
 		pids = append(pids, w.PID)
 	}
+	// A deploy held in its pre-activate hook when the agent dies: the
+	// client cannot know the outcome, exit 3.
+	held := s.background("deploy", "-c", s.cfg, "--id", "held", s.art.app(t, "held", map[string]file{
+		".deploy/hooks/pre-activate": {mode: 0o755, body: "#!/bin/sh\necho holding\nexec sleep 60\n"}}))
+	waitFor(t, 30*time.Second, "deploy held to run its hook", func() bool {
+		return strings.Contains(p.log(), `msg="Hook output" stage=pre-activate command=./.deploy/hooks/pre-activate line=holding`)
+	})
 	p.cmd.Process.Signal(syscall.SIGKILL)
 	p.wait(10 * time.Second)
+	if r := held.wait(t); r.code != 3 || !strings.Contains(r.stderr, "agent not reachable") || !strings.Contains(r.stderr, "agent status") {
+		t.Errorf("client of a deploy whose agent died: want exit 3, got %v", r)
+	}
 	for _, pid := range pids {
 		waitFor(t, 10*time.Second, "workers to die with the agent", func() bool { return !alive(pid) })
 	}
