@@ -65,6 +65,7 @@ const (
 	modeNotifySelf   = "notify-self"   // serves; sends READY=1 itself after HELPER_NOTIFY_AFTER
 	modeAcceptRaw    = "accept-raw"    // blocks in accept(2) on fd 3 (no epoll), answers HTTP by hand
 	modeExitOnSignal = "exit-on-term"  // sleeps; exits 0 on SIGTERM
+	modeNotifyFile   = "notify-file"   // serves; READY=1 at once, or once HELPER_NOTIFY_FILE exists for worker HELPER_WAIT_WORKER
 )
 
 func runWorkerRole(mode string) int {
@@ -180,6 +181,18 @@ func serve(mode, body string) int {
 			// sh forks systemd-notify: READY=1 comes from a grandchild.
 			out, err := exec.Command("sh", "-c", "systemd-notify --ready --status=warm; true").CombinedOutput()
 			fmt.Printf("systemd-notify: %s %v\n", out, err)
+		}()
+	case modeNotifyFile:
+		go func() {
+			if os.Getenv("WORKER_ID") == os.Getenv("HELPER_WAIT_WORKER") {
+				for {
+					if _, err := os.Stat(os.Getenv("HELPER_NOTIFY_FILE")); err == nil {
+						break
+					}
+					time.Sleep(10 * time.Millisecond)
+				}
+			}
+			daemon.SdNotify(false, "READY=1\nSTATUS=notified")
 		}()
 	case modeNotifySelf:
 		go func() {

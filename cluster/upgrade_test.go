@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"path/filepath"
 	"slices"
 	"strings"
 	"syscall"
@@ -42,6 +43,14 @@ func runUpgraderRole() int {
 		Workers: 2, Env: []string{"CLUSTER_TEST_ROLE=worker", "HELPER_MODE=" + modeServe},
 		Readiness: Readiness{Timeout: 20 * time.Second}, DrainTimeout: 10 * time.Second,
 		BackoffMin: 20 * time.Millisecond, Logger: logger,
+	}
+	if os.Getenv("UPGRADER_MODE") == "notify" {
+		// Worker 0 ready at once, worker 1 only once the test creates a
+		// file, worker 2 in a crash loop.
+		cfg.Workers, cfg.BackoffMin, cfg.BackoffMax = 3, 50*time.Millisecond, 200*time.Millisecond
+		cfg.Readiness = Readiness{Mode: ModeNotify, Quorum: 1, Timeout: 20 * time.Second}
+		cfg.Env = []string{"CLUSTER_TEST_ROLE=worker", "HELPER_MODE=" + modeNotifyFile, "HELPER_WAIT_WORKER=1",
+			"HELPER_NOTIFY_FILE=" + os.Getenv("UPGRADER_NOTIFY_FILE"), "HELPER_CRASH_WORKER=2"}
 	}
 	self, _ := os.Executable()
 	cfg.Command = []string{self}
@@ -379,4 +388,35 @@ func TestMaster_UpgradeBusyClosed(t *testing.T) {
 	if err := h.m.Upgrade(context.Background(), self, []string{self}, nil, nil); !errors.Is(err, ErrClosed) {
 		t.Errorf("Upgrade after Shutdown: %v, want ErrClosed", err)
 	}
+}
+
+// Across an upgrade, a worker not yet ready gets ready by READY=1 on the
+// notify socket handed over, and a crash-looping worker keeps its backoff
+// and restarts.
+func TestMaster_UpgradeNotifyBackoff(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "ready")
+	u, info := startUpgrader(t, "UPGRADER_MODE=notify", "UPGRADER_NOTIFY_FILE="+file)
+	if len(info.Workers) != 3 || info.Workers[0].State != WorkerReady || info.Workers[1].State != WorkerStarting {
+		t.Fatalf("start: %+v", info)
+	}
+	up := u.signal(syscall.SIGUSR2, "resumed")
+	if up.Workers[0].PID != info.Workers[0].PID || up.Workers[1].PID != info.Workers[1].PID ||
+		up.Workers[0].State != WorkerReady || up.Workers[1].State != WorkerStarting || up.Workers[0].Status != "notified" {
+		t.Fatalf("after the upgrade: %+v, before %+v", up, info)
+	}
+	restarts := up.Workers[2].Restarts
+	if err := os.WriteFile(file, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var st upgraderInfo
+	if !waitFor(10*time.Second, func() bool {
+		st = u.signal(syscall.SIGWINCH, "status")
+		return st.Workers[1].State == WorkerReady && st.Workers[2].Restarts >= restarts+2
+	}) {
+		t.Fatalf("worker 1 never ready or worker 2 not restarted: %+v (restarts at the upgrade: %d)", st, restarts)
+	}
+	if st.Workers[1].PID != info.Workers[1].PID || st.Workers[1].Status != "notified" || !strings.Contains(st.Workers[2].LastExit, "exit status 3") {
+		t.Errorf("status %+v", st)
+	}
+	t.Logf("crash-looping worker: %d restarts at the upgrade, %d now, backoff %s", restarts, st.Workers[2].Restarts, st.Workers[2].Backoff)
 }
