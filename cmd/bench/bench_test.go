@@ -227,11 +227,11 @@ func TestReadyTime(t *testing.T) {
 
 func TestMergeRounds(t *testing.T) {
 	rs := []Row{
-		{Manager: "x", Seconds: 2, Requests: 10, OK: 9, FailedTotal: 1, Failed: map[string]int64{"reset": 1}, PerSecond: []int64{5, 4, 1}, P50MS: 1, P99MS: 10, MaxMS: 50,
+		{Manager: "x", Seconds: 2, Requests: 10, OK: 9, FailedTotal: 1, Failed: map[string]int64{"reset": 1}, PerSecond: []int64{5, 4, 1}, MedianSecond: 5, P50MS: 1, P99MS: 10, MaxMS: 50,
 			ManagerUsage: &Usage{RSSKiB: 100, CPUPercent: 1}, WorkersUsage: &Usage{PerPID: []float64{50, 30}}},
-		{Manager: "x", Seconds: 2, Requests: 20, OK: 20, PerSecond: []int64{10, 9, 2}, P50MS: 2, P99MS: 20, MaxMS: 40,
+		{Manager: "x", Seconds: 2, Requests: 20, OK: 20, PerSecond: []int64{10, 9, 2}, MedianSecond: 10, P50MS: 2, P99MS: 20, MaxMS: 40,
 			ManagerUsage: &Usage{RSSKiB: 120, CPUPercent: 3}, WorkersUsage: &Usage{PerPID: []float64{70, 10}}},
-		{Manager: "x", Seconds: 2, Requests: 30, OK: 30, PerSecond: []int64{7, 8, 3}, P50MS: 3, P99MS: 30, MaxMS: 60,
+		{Manager: "x", Seconds: 2, Requests: 30, OK: 30, PerSecond: []int64{7, 8, 3}, MedianSecond: 8, P50MS: 3, P99MS: 30, MaxMS: 60,
 			ManagerUsage: &Usage{RSSKiB: 110, CPUPercent: 2}, WorkersUsage: &Usage{PerPID: []float64{60, 20}}},
 	}
 	m := mergeRounds(rs)
@@ -247,6 +247,9 @@ func TestMergeRounds(t *testing.T) {
 	}
 	if m.ManagerUsage.RSSKiB != 120 || m.ManagerUsage.CPUPercent != 2 || m.WorkersUsage.PerPID[0] != 60 || m.WorkersUsage.PerPID[1] != 20 {
 		t.Fatalf("usage %+v %+v", m.ManagerUsage, m.WorkersUsage)
+	}
+	if m.BestRound != 10 {
+		t.Fatalf("best round %d", m.BestRound)
 	}
 	if len(m.Rounds) != 3 {
 		t.Fatalf("rounds %d", len(m.Rounds))

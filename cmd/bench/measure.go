@@ -34,6 +34,7 @@ type Row struct {
 	RPS            float64          `json:"rps"`
 	MedianSecond   int64            `json:"median_second"`
 	WorstSecond    int64            `json:"worst_second"`
+	BestRound      int64            `json:"best_round_median_second"` // the best round's median second (rounds only lose to the machine's other work)
 	PerSecond      []int64          `json:"per_second"`
 	P50MS          float64          `json:"p50_ms"`
 	P99MS          float64          `json:"p99_ms"`
@@ -428,13 +429,14 @@ func sleepUntil(ctx context.Context, t time.Time) bool { return sleepCtx(ctx, ti
 // out), p50 and p99 are the median of the rounds', max the max.
 func mergeRounds(rs []Row) Row {
 	if len(rs) == 1 {
+		rs[0].BestRound = rs[0].MedianSecond
 		return rs[0]
 	}
 	m := rs[0]
 	m.Rounds = rs
 	m.Failed, m.Bodies, m.Errors, m.Reloads = map[string]int64{}, map[string]int64{}, nil, nil
 	var notes []string
-	m.Seconds, m.Requests, m.OK, m.FailedTotal, m.StaleKeepAlive, m.MaxMS = 0, 0, 0, 0, 0, 0
+	m.Seconds, m.Requests, m.OK, m.FailedTotal, m.StaleKeepAlive, m.MaxMS, m.BestRound = 0, 0, 0, 0, 0, 0, 0
 	m.PerSecond = nil
 	var p50, p99 []float64
 	var mgrCPU, wCPU, secs, others float64
@@ -465,6 +467,7 @@ func mergeRounds(rs []Row) Row {
 		}
 		m.PerSecond = append(m.PerSecond, ps...)
 		p50, p99 = append(p50, r.P50MS), append(p99, r.P99MS)
+		m.BestRound = max(m.BestRound, r.MedianSecond)
 		m.MaxMS = max(m.MaxMS, r.MaxMS)
 		if r.ManagerUsage != nil {
 			mgrCPU += r.ManagerUsage.CPUPercent * r.Seconds
