@@ -411,6 +411,11 @@ func (d *daemon) reload(ctx context.Context, o *op) Message {
 	o.req.ID = cur
 	ev := release.Event{Op: opReload, ID: cur, From: cur}
 	if _, err := d.reloadTo(ctx, o, cur); err != nil {
+		if o.first && ctx.Err() == nil {
+			if res, ok := d.recoverInterrupted(ctx, o, cur, err); ok {
+				return res
+			}
+		}
 		ev.Result, ev.Error = "failed", err.Error()
 		d.record(o, ev)
 		// The previous generation (if any) keeps serving.
@@ -419,4 +424,43 @@ func (d *daemon) reload(ctx context.Context, o *op) Message {
 	ev.Result = "ok"
 	d.record(o, ev)
 	return Message{Code: codeOK, ID: cur, From: cur}
+}
+
+// recoverInterrupted handles a first generation that failed on a release
+// that never served: the agent died during its deploy, after the swap and
+// before the workers were ready. It records that deploy as failed and goes
+// back to the rollback target, as the deploy would have; ok is false (and
+// current unchanged) when there is no proven release to go back to, or it
+// does not come up either.
+func (d *daemon) recoverInterrupted(ctx context.Context, o *op, cur string, cause error) (Message, bool) {
+	h, err := d.store.History()
+	if err != nil {
+		return Message{}, false
+	}
+	for _, ev := range h {
+		if ev.ID == cur && ev.Result == "ok" {
+			return Message{}, false // it served before: a plain failed reload
+		}
+	}
+	target, err := d.store.RollbackTarget()
+	if err != nil || target == cur {
+		return Message{}, false
+	}
+	d.log.Warn("Current release never served and does not come up: its deploy was interrupted; going back", "current", cur, "to", target, "err", cause)
+	now := time.Now()
+	d.store.Record(release.Event{Time: now, Op: opDeploy, ID: cur, Result: "failed",
+		Error: "interrupted: the agent stopped before its workers were ready, and they did not get ready after the restart: " + cause.Error()})
+	if err := d.store.Activate(target); err != nil {
+		d.log.Error("Cannot point current back", "release", target, "err", err)
+		return Message{}, false
+	}
+	if _, err := d.reloadTo(ctx, o, target); err != nil {
+		d.log.Error("The rollback target does not come up either", "release", target, "err", err)
+		if err := d.store.Activate(cur); err != nil {
+			d.log.Error("Cannot point current back", "release", cur, "err", err)
+		}
+		return Message{}, false
+	}
+	d.store.Record(release.Event{Time: now, Op: opRollback, ID: target, From: cur, Result: "ok", Duration: time.Since(now)})
+	return Message{Code: codeOK, ID: target, From: cur}, true
 }
