@@ -151,6 +151,7 @@ var killCases = []struct{ stage, mode string }{
 	{"pre-activate", "socket-unit"},
 	{"swapped", "socket-unit"},
 	{"readiness", "by-hand"},
+	{"readiness-broken", "socket-unit"},
 	{"retiring", "socket-unit"},
 }
 
@@ -195,6 +196,10 @@ while [ ! -e ` + hookGate + ` ]; do sleep 0.05; done
 kill $!`
 	hookTOML, _ := json.Marshal(hook)
 	cfg = strings.Replace(cfg, "[readiness]", "[hooks]\ntimeout = \"60s\"\npre-activate = [[\"sh\", \"-c\", "+string(hookTOML)+"]]\n\n[readiness]", 1)
+	if stage == "readiness-broken" {
+		// v2 never listens: after the restart it fails its readiness.
+		cfg = strings.Replace(cfg, `timeout = "10s"`, `timeout = "3s"`, 1)
+	}
 	s.writeConfig(cfg)
 	if stage != "pre-activate" {
 		os.WriteFile(hookGate, nil, 0o644)
@@ -207,7 +212,7 @@ kill $!`
 	}
 	v1Files := appFiles(t, v1Server, nil)
 	v2Server := nodeServer(t)
-	if stage == "readiness" {
+	if stage == "readiness" || stage == "readiness-broken" {
 		v2Server = gatedApp(t, listenGate, "", "")
 	}
 	v2Files := appFiles(t, v2Server, map[string]file{"VERSION": {body: "2"}})
@@ -272,7 +277,7 @@ kill $!`
 		waitFor(t, 30*time.Second, "the pre-activate hook to start", func() bool { _, err := os.Stat(hookStarted); return err == nil })
 	case "swapped":
 		d.waitEvent("the swap", 30*time.Second, func(m Message) bool { return m.Stage == "activate" && m.Kind == "done" })
-	case "readiness":
+	case "readiness", "readiness-broken":
 		started := 0
 		d.waitEvent("two new workers started", 30*time.Second, func(m Message) bool {
 			if m.Stage == "reload" && m.Kind == "worker" && strings.Contains(m.Message, "started") {
@@ -335,6 +340,8 @@ kill $!`
 		})
 		s.waitSocket()
 	}
+	// Before the swap the agent comes back on v1; after it on v2, unless v2
+	// never gets ready: then its interrupted deploy is failed and v1 serves.
 	want := "v1"
 	if stage == "swapped" || stage == "readiness" || stage == "retiring" {
 		want = "v2"
@@ -384,8 +391,17 @@ kill $!`
 	// The root is usable: the interrupted deploy can be retried, or the
 	// next one goes through.
 	before = load.Snapshot()
-	switch want {
-	case "v1":
+	if stage == "readiness-broken" {
+		var ops []string
+		for _, e := range cur.LastDeploys {
+			ops = append(ops, e.Op+":"+e.ID+":"+e.Result)
+		}
+		if got := strings.Join(ops, " "); got != "deploy:v1:ok deploy:v2:failed rollback:v1:ok" {
+			t.Errorf("history after recovering from the interrupted deploy of a broken v2: %s", got)
+		}
+	}
+	switch {
+	case want == "v1" && stage != "readiness-broken":
 		os.WriteFile(hookGate, nil, 0o644)
 		if stalled != nil {
 			close(stalled.release)
