@@ -114,10 +114,14 @@ func (e *ConfigError) Error() string {
 		if i > 0 {
 			b.WriteByte('\n')
 		}
-		fmt.Fprintf(&b, "%s:%d:%d: %s", e.Path, p.Line, p.Col, p.Msg)
+		fmt.Fprintf(&b, "%s:%d:%d: %s", e.Path, p.Line, p.Col, msgEscaper.Replace(p.Msg))
 	}
 	return b.String()
 }
+
+// msgEscaper keeps each problem on one line: the TOML decoder's messages
+// may quote a raw newline from the input.
+var msgEscaper = strings.NewReplacer("\n", `\n`, "\r", `\r`, "\t", `\t`)
 
 // FindConfig returns the config path to use: flagPath, then $AGENT_CONFIG,
 // then ./deploy.toml, then /etc/agent/deploy.toml. An explicitly named file
