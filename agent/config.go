@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"reflect"
 	"regexp"
 	"runtime"
 	"sort"
@@ -225,6 +226,20 @@ func defaultRaw() rawConfig {
 
 func parseConfig(path, src string) (*Config, error) {
 	cerr := &ConfigError{Path: path}
+	// First pass: syntax, then every type and value problem and every
+	// unknown key at once (the decoder stops at the first). A clean file
+	// then decodes into the struct pre-filled with defaults.
+	var doc map[string]any
+	docMD, err := toml.Decode(src, &doc)
+	if err == nil {
+		// With only unknown keys, go on: the decode below reports them
+		// (md.Undecoded) together with the checks across keys.
+		if checkDocument(src, doc, docMD.Keys(), cerr) > 0 {
+			sortProblems(cerr.Problems)
+			return nil, cerr
+		}
+		cerr.Problems = nil
+	}
 	raw := defaultRaw()
 	md, err := toml.Decode(src, &raw)
 	if err != nil {
@@ -261,7 +276,7 @@ func parseConfig(path, src string) (*Config, error) {
 	kpos := keyPositions(src, keys)
 	at := map[string][]pos{}
 	for i, k := range keys {
-		at[k.String()] = append(at[k.String()], kpos[i])
+		at[k.String()] = append(at[k.String()], kpos[i].Key)
 	}
 	where := func(key string, n int) pos {
 		if ps := at[key]; n < len(ps) {
@@ -398,13 +413,129 @@ func parseConfig(path, src string) (*Config, error) {
 		c.Control.Socket = filepath.Join(base, c.Control.Socket)
 	}
 	if len(cerr.Problems) > 0 {
-		sort.SliceStable(cerr.Problems, func(i, j int) bool {
-			a, b := cerr.Problems[i], cerr.Problems[j]
-			return a.Line < b.Line || a.Line == b.Line && a.Col < b.Col
-		})
+		sortProblems(cerr.Problems)
 		return nil, cerr
 	}
 	return c, nil
+}
+
+func sortProblems(ps []Problem) {
+	sort.SliceStable(ps, func(i, j int) bool {
+		a, b := ps[i], ps[j]
+		return a.Line < b.Line || a.Line == b.Line && a.Col < b.Col
+	})
+}
+
+// checkDocument walks the parsed document against rawConfig: it runs each
+// present leaf's UnmarshalTOML (on a copy of the defaults, so enums know
+// their values) and reports, at the value's position, every wrong type or
+// bad value; and, at the key's position, every key rawConfig does not have
+// (the outermost one of an unknown table). It returns the number of type
+// and value problems.
+func checkDocument(src string, doc map[string]any, keys []toml.Key, cerr *ConfigError) (bad int) {
+	locs := keyPositions(src, keys)
+	at := map[string][]keyLoc{}
+	for i, k := range keys {
+		at[k.String()] = append(at[k.String()], locs[i])
+	}
+	seen := map[string]int{} // occurrences consumed per key, for arrays of tables
+	loc := func(key toml.Key) keyLoc {
+		ks := key.String()
+		n := seen[ks]
+		seen[ks]++
+		if l := at[ks]; n < len(l) {
+			return l[n]
+		}
+		return keyLoc{pos{1, 1}, pos{1, 1}}
+	}
+	add := func(p pos, format string, a ...any) {
+		cerr.Problems = append(cerr.Problems, Problem{p.Line, p.Col, fmt.Sprintf(format, a...)})
+	}
+	defaults := defaultRaw()
+	var walk func(prefix toml.Key, table map[string]any, rv reflect.Value)
+	walk = func(prefix toml.Key, table map[string]any, rv reflect.Value) {
+		names := make([]string, 0, len(table))
+		for k := range table {
+			names = append(names, k)
+		}
+		sort.Strings(names) // occurrences are per key, so any fixed order works
+		for _, name := range names {
+			val := table[name]
+			key := append(append(toml.Key{}, prefix...), name)
+			f, ok := fieldByTag(rv.Type(), name)
+			if !ok {
+				add(loc(key).Key, "unknown key %q", key.String())
+				skipSubtree(key, val, seen)
+				continue
+			}
+			fv := rv.FieldByIndex(f.Index)
+			if u, ok := fv.Addr().Interface().(toml.Unmarshaler); ok {
+				l := loc(key)
+				if err := u.UnmarshalTOML(val); err != nil {
+					add(l.Value, "%s: %v", key, err)
+					bad++
+				}
+				skipSubtree(key, val, seen)
+				continue
+			}
+			switch fv.Kind() {
+			case reflect.Struct:
+				l := loc(key)
+				sub, ok := val.(map[string]any)
+				if !ok {
+					add(l.Value, "%s: %v", key, wantErr("a table", val))
+					bad++
+					continue
+				}
+				walk(key, sub, fv)
+			case reflect.Slice:
+				l := loc(key)
+				elems, ok := val.([]map[string]any)
+				if !ok {
+					add(l.Value, "%s: %v", key, wantErr("an array of tables ([["+name+"]])", val))
+					bad++
+					continue
+				}
+				for i, e := range elems {
+					if i > 0 {
+						loc(key) // each [[name]] header is one occurrence
+					}
+					walk(key, e, reflect.New(fv.Type().Elem()).Elem())
+				}
+			}
+		}
+	}
+	walk(nil, doc, reflect.ValueOf(&defaults).Elem())
+	return bad
+}
+
+// skipSubtree consumes the occurrences of the keys under key (an inline or
+// unknown table), so later occurrences of the same names stay aligned.
+func skipSubtree(key toml.Key, val any, seen map[string]int) {
+	switch v := val.(type) {
+	case map[string]any:
+		for k, sub := range v {
+			sk := append(append(toml.Key{}, key...), k)
+			seen[sk.String()]++
+			skipSubtree(sk, sub, seen)
+		}
+	case []map[string]any:
+		for i, e := range v {
+			if i > 0 {
+				seen[key.String()]++
+			}
+			skipSubtree(key, e, seen)
+		}
+	}
+}
+
+func fieldByTag(t reflect.Type, tag string) (reflect.StructField, bool) {
+	for i := 0; i < t.NumField(); i++ {
+		if f := t.Field(i); f.Tag.Get("toml") == tag {
+			return f, true
+		}
+	}
+	return reflect.StructField{}, false
 }
 
 // The leaf types below implement toml.Unmarshaler: a returned error becomes a

@@ -147,6 +147,18 @@ func TestParseConfig_errors(t *testing.T) {
 		{name: "linked escapes", src: "root = \"/a\"\nlinked = [\"../etc\"]\n[app]\ncommand = [\"x\"]\n", want: []string{`deploy.toml:2:10: linked: "../etc": want a relative path inside the release`}},
 		{name: "env value type", src: ok + "env = { PORT = 3 }\n", want: []string{`deploy.toml:5:7: app.env: PORT: want a string, got an integer`}},
 		{name: "backoff order", src: ok + "[restart]\nbackoff_min = \"10s\"\nbackoff_max = \"1s\"\n", want: []string{`deploy.toml:7:1: restart: backoff_min (10s) is more than backoff_max (1s)`}},
+		{name: "every bad value at once", src: "root = 1\nkeep_releases = 0\nbogus = 2\n[app]\ncommand = \"x\"\nworkers = -2\n[[listen]]\nname = \"a\"\naddress = \"x\"\n[[listen]]\nname = \"b\"\naddress = \"y\"\n[readiness]\nmode = \"z\"\n[extra]\nk = 1\n", want: []string{
+			`deploy.toml:1:8: root: want a string, got an integer`,
+			`deploy.toml:2:17: keep_releases: want a positive integer, got 0`,
+			`deploy.toml:3:1: unknown key "bogus"`,
+			`deploy.toml:5:11: app.command: want an array of strings, got a string (e.g. ["node", "server.js"])`,
+			`deploy.toml:6:11: app.workers: want a positive integer, got -2`,
+			`deploy.toml:9:11: listen.address: invalid address "x", want "host:port" or "unix:/path"`,
+			`deploy.toml:12:11: listen.address: invalid address "y", want "host:port" or "unix:/path"`,
+			`deploy.toml:14:8: readiness.mode: unknown value "z", want one of "listen", "notify", "delay"`,
+			`deploy.toml:15:2: unknown key "extra"`}},
+		{name: "table expected", src: "root = \"/a\"\napp = 3\n", want: []string{`deploy.toml:2:7: app: want a table, got an integer`}},
+		{name: "array of tables expected", src: "root = \"/a\"\nlisten = 3\n[app]\ncommand = [\"x\"]\n", want: []string{`deploy.toml:2:10: listen: want an array of tables ([[listen]]), got an integer`}},
 		{name: "several problems", src: "[app]\nworkers = 2\nfoo = 1\n", want: []string{
 			`deploy.toml:1:1: missing required key "root"`, `deploy.toml:1:2: missing required key "app.command"`, `deploy.toml:3:1: unknown key "app.foo"`}},
 	}

@@ -27,28 +27,54 @@ func posAt(src string, off int) pos {
 	return pos{Line: line, Col: col}
 }
 
+// keyLoc is where a key and its value are written.
+type keyLoc struct {
+	Key   pos // the key's last component
+	Value pos // the value after '='; the key itself for a table header
+}
+
 // keyPositions maps each key of keys (MetaData.Keys(): document order, with
-// repeats for arrays of tables) to where its last component is written in
-// src. The result is indexed like keys. It scans forward from the previous
-// key, skipping comments and string values, for the component written bare
-// or quoted and followed by '=', '.' or ']'. A key it cannot find gets the
-// position of the previous key (never happens for files the parser accepted).
-func keyPositions(src string, keys []toml.Key) []pos {
-	out := make([]pos, len(keys))
+// repeats for arrays of tables) to where its last component and its value
+// are written in src. The result is indexed like keys. It scans forward from
+// the previous key, skipping comments and string values, for the component
+// written bare or quoted and followed by '=', '.' or ']'. A key it cannot
+// find gets the position of the previous key (never happens for files the
+// parser accepted).
+func keyPositions(src string, keys []toml.Key) []keyLoc {
+	out := make([]keyLoc, len(keys))
 	cur := 0
-	last := pos{1, 1}
+	last := keyLoc{pos{1, 1}, pos{1, 1}}
 	for i, k := range keys {
 		if len(k) == 0 {
 			out[i] = last
 			continue
 		}
 		if off, end := findKey(src, cur, k[len(k)-1]); off >= 0 {
-			last = posAt(src, off)
+			last = keyLoc{Key: posAt(src, off), Value: posAt(src, off)}
+			if v := valueStart(src, end); v >= 0 {
+				last.Value = posAt(src, v)
+			}
 			cur = end
 		}
 		out[i] = last
 	}
 	return out
+}
+
+// valueStart returns the offset of the value after a key ending at i
+// ("key = value"), or -1 when no '=' follows (a table header, a dotted key).
+func valueStart(src string, i int) int {
+	for i < len(src) && (src[i] == ' ' || src[i] == '\t') {
+		i++
+	}
+	if i >= len(src) || src[i] != '=' {
+		return -1
+	}
+	i++
+	for i < len(src) && (src[i] == ' ' || src[i] == '\t') {
+		i++
+	}
+	return i
 }
 
 // findKey finds name as a key token at or after from; it returns the token's
