@@ -454,7 +454,11 @@ func handed(part string) (*handover, error) {
 // adopts the listening sockets the old program held, in the same order,
 // with the same names, whatever the new program's configuration says
 // (changing them takes a real restart). Close removes the unix socket files
-// the first program created. It works once per upgraded process; otherwise
+// the first program created. A spawn's Fd call leaves the sockets' flags
+// alone here too: by now the workers made the shared descriptions
+// non-blocking, and os.NewFile of a non-blocking descriptor returns it as it
+// is (the File is then known to the runtime's poller, which the master
+// never waits on). It works once per upgraded process; otherwise
 // it returns ErrNotUpgraded.
 func ResumeSockets(logger *slog.Logger) (*Sockets, error) {
 	h, err := handed("sockets")

@@ -17,6 +17,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // upgraderInfo is what the upgrader role prints: once serving, after each
@@ -30,6 +32,10 @@ type upgraderInfo struct {
 	Note     string         `json:"note"`     // read from an extraFile handed over
 	Errors   []string       `json:"errors,omitempty"`
 	Event    string         `json:"event"`
+	// Nonblock: O_NONBLOCK, as a worker sets it on the listening socket's
+	// shared description, survives the Fd call that every spawn makes on
+	// the master's File (sockets_flags_test.go, for resumed sockets too).
+	Nonblock bool `json:"nonblock"`
 }
 
 // runUpgraderRole runs a Master of two serving workers in its working
@@ -103,6 +109,15 @@ func runUpgraderRole() int {
 		b := make([]byte, 64)
 		n, _ := note.ReadAt(b, 0)
 		info.Note = string(b[:n])
+		if fd, err := rawFD(socks.files[0]); err == nil {
+			if dup, err := unix.Dup(fd); err == nil {
+				unix.SetNonblock(dup, true)
+				socks.files[0].Fd()
+				fl, _ := unix.FcntlInt(uintptr(dup), unix.F_GETFL, 0)
+				info.Nonblock = fl&unix.O_NONBLOCK != 0
+				unix.Close(dup)
+			}
+		}
 		enc.Encode(info)
 	}
 	report(nil)
@@ -264,6 +279,9 @@ func testUpgrade(t *testing.T, env ...string) {
 	if !slices.Equal(workerPids(up), pids) {
 		t.Fatalf("worker pids %v after the upgrade, want %v", workerPids(up), pids)
 	}
+	if !info.Nonblock || !up.Nonblock {
+		t.Errorf("a spawn's Fd call clears O_NONBLOCK under the workers (before the upgrade: %v, after: %v)", info.Nonblock, up.Nonblock)
+	}
 	for _, w := range up.Workers {
 		if w.State != WorkerReady {
 			t.Errorf("worker after upgrade: %+v", w)
@@ -310,6 +328,7 @@ func testUpgrade(t *testing.T, env ...string) {
 	if len(re.Errors) != 0 || re.Gen != info.Gen+1 || len(re.Workers) != 2 {
 		t.Fatalf("reload after upgrades: %+v", re)
 	}
+
 	waitOK(t, keep, 20)
 	waitOK(t, fresh, 20)
 	assertClean(t, keep, false)
