@@ -251,7 +251,8 @@ func (m *handoffMgr) cli(ctx context.Context, name string, args ...string) (mark
 				msg = e.Code + ": " + e.Error
 			}
 		}
-		return marks{ready: readyTime(events), spawn: reloadStart(events)}, fmt.Errorf("agent %s: %v: %s", args[0], c.err, msg)
+		// A failed reload has no ready time, whatever its workers did late.
+		return marks{spawn: reloadStart(events)}, fmt.Errorf("agent %s: %v: %s", args[0], c.err, msg)
 	}
 	return marks{ready: readyTime(events), spawn: reloadStart(events)}, nil
 }
