@@ -7,6 +7,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/handoff/handoff/cluster"
 	"github.com/handoff/handoff/release"
 )
 
@@ -21,7 +22,7 @@ func (d *daemon) statusLine() string {
 	for _, g := range st.Generations {
 		if g.ReleaseID == cur {
 			for _, w := range g.Workers {
-				if w.State == "ready" {
+				if w.State == cluster.WorkerReady {
 					n++
 				}
 			}
