@@ -572,6 +572,16 @@ func renderMarkdown(r *Results) string {
 		if row.Note != "" {
 			notes = append(notes, fmt.Sprintf("%s %s %s: %s", row.Manager, row.Scenario, row.Mode, row.Note))
 		}
+		for _, rl := range row.Reloads {
+			if !rl.OK {
+				e := rl.Error
+				if len(e) > 300 {
+					e = e[:300] + "…"
+				}
+				notes = append(notes, fmt.Sprintf("%s %s %s (%s shutdown): %s #%d failed after %.0f ms: %s",
+					row.Manager, row.Scenario, row.Mode, row.Shutdown, rl.Op, rl.N, rl.CommandMS, e))
+			}
+		}
 	}
 	for _, s := range r.Skipped {
 		notes = append(notes, "skipped to stay within the time budget: "+s)
