@@ -55,6 +55,7 @@ func TestMaster_ReloadFailsOldServes(t *testing.T) {
 		readiness Readiness
 		cause     error
 		verdict   string
+		alt       string // also right: a verdict that depends on how long the worker took on a loaded box
 		lines     string // expected in some worker's last lines
 		maxAfter  time.Duration
 	}{
@@ -66,7 +67,7 @@ func TestMaster_ReloadFailsOldServes(t *testing.T) {
 		},
 		{
 			name: "crash-at-start", env: []string{"HELPER_MODE=" + modeCrash},
-			cause: ErrQuorumLost, verdict: VerdictExitedAtOnce, lines: "boom: config missing",
+			cause: ErrQuorumLost, verdict: VerdictExitedAtOnce, alt: VerdictExitedEarly, lines: "boom: config missing",
 			maxAfter: 5 * time.Second,
 		},
 		{
@@ -118,9 +119,13 @@ func TestMaster_ReloadFailsOldServes(t *testing.T) {
 			}
 			sawLines, sawVerdict := false, false
 			for _, w := range re.Workers {
-				if strings.HasPrefix(w.Verdict, tc.verdict) {
+				switch {
+				case strings.HasPrefix(w.Verdict, tc.verdict):
 					sawVerdict = true
-				} else {
+				case tc.alt != "" && strings.HasPrefix(w.Verdict, tc.alt):
+					// A crash that took over exitedAtOnce to happen (the
+					// helper's start alone did on a saturated box).
+				default:
 					t.Errorf("worker %d verdict %q, want prefix %q", w.Worker, w.Verdict, tc.verdict)
 				}
 				if w.PID == 0 || w.ExitStatus == "" {
