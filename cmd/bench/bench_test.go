@@ -228,11 +228,11 @@ func TestReadyTime(t *testing.T) {
 func TestMergeRounds(t *testing.T) {
 	rs := []Row{
 		{Manager: "x", Seconds: 2, Requests: 10, OK: 9, FailedTotal: 1, Failed: map[string]int64{"reset": 1}, PerSecond: []int64{5, 4, 1}, MedianSecond: 5, P50MS: 1, P99MS: 10, MaxMS: 50,
-			ManagerUsage: &Usage{RSSKiB: 100, CPUPercent: 1}, WorkersUsage: &Usage{PerPID: []float64{50, 30}}},
+			ManagerUsage: &Usage{RSSKiB: 100, CPUPercent: 1}, WorkersUsage: &Usage{CPUPercent: 80, PerPID: []float64{50, 30}}},
 		{Manager: "x", Seconds: 2, Requests: 20, OK: 20, PerSecond: []int64{10, 9, 2}, MedianSecond: 10, P50MS: 2, P99MS: 20, MaxMS: 40,
-			ManagerUsage: &Usage{RSSKiB: 120, CPUPercent: 3}, WorkersUsage: &Usage{PerPID: []float64{70, 10}}},
+			ManagerUsage: &Usage{RSSKiB: 120, CPUPercent: 3}, WorkersUsage: &Usage{CPUPercent: 80, PerPID: []float64{70, 10}}},
 		{Manager: "x", Seconds: 2, Requests: 30, OK: 30, PerSecond: []int64{7, 8, 3}, MedianSecond: 8, P50MS: 3, P99MS: 30, MaxMS: 60,
-			ManagerUsage: &Usage{RSSKiB: 110, CPUPercent: 2}, WorkersUsage: &Usage{PerPID: []float64{60, 20}}},
+			ManagerUsage: &Usage{RSSKiB: 110, CPUPercent: 2}, WorkersUsage: &Usage{CPUPercent: 80, PerPID: []float64{60, 20}}},
 	}
 	m := mergeRounds(rs)
 	if m.Requests != 60 || m.OK != 59 || m.FailedTotal != 1 || m.Failed["reset"] != 1 || m.Seconds != 6 {
@@ -247,6 +247,10 @@ func TestMergeRounds(t *testing.T) {
 	}
 	if m.ManagerUsage.RSSKiB != 120 || m.ManagerUsage.CPUPercent != 2 || m.WorkersUsage.PerPID[0] != 60 || m.WorkersUsage.PerPID[1] != 20 {
 		t.Fatalf("usage %+v %+v", m.ManagerUsage, m.WorkersUsage)
+	}
+	// (2 + 80) % of a core over 6 s for 59 responses.
+	if want := 0.82 * 6 / 59 * 1e6; m.CPUPerRequestUS < want*0.999 || m.CPUPerRequestUS > want*1.001 {
+		t.Fatalf("cpu per request %v, want %v", m.CPUPerRequestUS, want)
 	}
 	if m.BestRound != 10 {
 		t.Fatalf("best round %d", m.BestRound)

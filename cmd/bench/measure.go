@@ -51,7 +51,11 @@ type Row struct {
 	// outside the benchmark (not the bench, the manager or the workers)
 	// during the row: how noisy the machine was.
 	OthersCPUPercent float64 `json:"others_cpu_percent"`
-	Note             string  `json:"note,omitempty"`
+	// CPUPerRequestUS is the workers' and the manager's CPU time per OK
+	// response, in µs: what a request costs, however much CPU the machine
+	// had to spare.
+	CPUPerRequestUS float64 `json:"cpu_per_request_us"`
+	Note            string  `json:"note,omitempty"`
 	// Rounds are the baseline's rounds this row merges.
 	Rounds []Row `json:"rounds,omitempty"`
 }
@@ -142,6 +146,7 @@ func (b *bench) runRow(ctx context.Context, m manager, row *Row, plan rowPlan) e
 	res := run.Stop()
 	row.ManagerUsage, row.WorkersUsage = usage.end(m)
 	row.OthersCPUPercent = usage.others(row.ManagerUsage, row.WorkersUsage)
+	row.CPUPerRequestUS = cpuPerRequest(row)
 	fillRow(row, res)
 	b.logger.Info("Row done", "manager", row.Manager, "scenario", row.Scenario, "mode", row.Mode,
 		"requests", row.Requests, "failed", row.FailedTotal, "stale", row.StaleKeepAlive,
@@ -369,6 +374,17 @@ func (u usageMark) end(m manager) (mgr, workers *Usage) {
 	return mgr, workers
 }
 
+func cpuPerRequest(row *Row) float64 {
+	if row.OK == 0 || row.WorkersUsage == nil {
+		return 0
+	}
+	pct := row.WorkersUsage.CPUPercent
+	if row.ManagerUsage != nil {
+		pct += row.ManagerUsage.CPUPercent
+	}
+	return pct / 100 * row.Seconds / float64(row.OK) * 1e6
+}
+
 // others is the machine's CPU outside the bench, the manager and the
 // workers since the mark, in % of one core.
 func (u usageMark) others(mgr, workers *Usage) float64 {
@@ -517,5 +533,6 @@ func mergeRounds(rs []Row) Row {
 		}
 		m.WorkersUsage = &u
 	}
+	m.CPUPerRequestUS = cpuPerRequest(&m)
 	return m
 }

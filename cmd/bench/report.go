@@ -262,6 +262,9 @@ func evaluate(r *Results) {
 		if ob := r.bestOtherRound("baseline", mode); ob != nil && ob.BestRound > 0 && h.BestRound > 0 && len(h.Rounds) > 1 {
 			got += fmt.Sprintf("; best rounds %d vs %s %d (%.2f×)", h.BestRound, ob.Manager, ob.BestRound, float64(h.BestRound)/float64(ob.BestRound))
 		}
+		if h.CPUPerRequestUS > 0 && o.CPUPerRequestUS > 0 {
+			got += fmt.Sprintf("; CPU per request (workers + manager) %.0f µs vs %.0f µs", h.CPUPerRequestUS, o.CPUPerRequestUS)
+		}
 		t := Target{Name: "steady throughput, " + mode, Got: got}
 		if mode == modeKeepAlive {
 			t.Want = "≥ best of cluster-master and pm2"
@@ -481,13 +484,14 @@ func renderMarkdown(r *Results) string {
 		"*old gone* every worker of the old generation exited. Requests, failed and stale keep-alive are for the reload row. "+
 		"Manager: the agent (with its watchdog process), the cluster master or pm2's daemon; RSS and CPU %% of one core during the baseline; "+
 		"workers CPU: each app worker's CPU %% during the baseline (how the connections were split between them); "+
+		"CPU µs/request: the workers' and the manager's CPU time per response during the baseline, which does not depend on how much CPU the machine had to spare; "+
 		"others' CPU: what the machine spent outside the benchmark meanwhile (other users of the box), the noise. "+
 		"*alone* is two app processes sharing one listening socket that the bench holds, no manager at all. "+
 		"The load generator runs in the bench process on the same machine, and every baseline and reload row runs in rounds "+
 		"that visit each manager in turn; a row merged from rounds adds up the counts, joins the seconds, "+
 		"and takes the rounds' median p50 and p99 (the higher one of two) and their max.\n\n")
-	fmt.Fprintf(&w, "| manager | mode | req/s baseline | vs alone | vs best other | latency baseline | req/s reloads | latency reloads | requests | failed | stale keep-alive | reloads ok | ready | first new | old gone | manager RSS, CPU | workers CPU | others' CPU |\n")
-	fmt.Fprintf(&w, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+	fmt.Fprintf(&w, "| manager | mode | req/s baseline | vs alone | vs best other | latency baseline | req/s reloads | latency reloads | requests | failed | stale keep-alive | reloads ok | ready | first new | old gone | manager RSS, CPU | workers CPU | CPU µs/request | others' CPU |\n")
+	fmt.Fprintf(&w, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, mgr := range []string{"alone", "handoff", "cluster-master", "pm2"} {
 		for _, mode := range []string{modeKeepAlive, modeNewConn} {
 			base, rel := r.find(mgr, "baseline", mode, "graceful"), r.find(mgr, "reloads", mode, "graceful")
@@ -512,13 +516,14 @@ func renderMarkdown(r *Results) string {
 			} else if base != nil {
 				req, failed, stale = fmt.Sprint(base.Requests), fmtFailed(base), fmt.Sprint(base.StaleKeepAlive)
 			}
-			usage, split, others := "–", "–", "–"
+			usage, split, perReq, others := "–", "–", "–", "–"
 			if base != nil {
 				usage, split, others = fmtUsage(base.ManagerUsage), fmtSplit(base.WorkersUsage), fmt.Sprintf("%.0f%%", base.OthersCPUPercent)
+				perReq = fmt.Sprintf("%.0f", base.CPUPerRequestUS)
 			}
-			fmt.Fprintf(&w, "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n",
+			fmt.Fprintf(&w, "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n",
 				mgr, mode, fmtRate(base), fmtRatio(base, alone), other, fmtLat(base), fmtRate(rel), fmtLat(rel),
-				req, failed, stale, okN, ready, first, gone, usage, split, others)
+				req, failed, stale, okN, ready, first, gone, usage, split, perReq, others)
 		}
 	}
 
