@@ -363,6 +363,18 @@ func TestAlone_realApp(t *testing.T) {
 	if len(ws) != 2 {
 		t.Fatalf("workers = %+v", ws)
 	}
+	// One short measured row through the real load generator.
+	b.conns = 4
+	row := &Row{Scenario: "baseline", Mode: modeKeepAlive}
+	if err := b.runRow(ctx, m, row, rowPlan{steady: time.Second}); err != nil {
+		t.Fatal(err)
+	}
+	if row.OK == 0 || row.FailedTotal != 0 || row.Bodies["hello from alone"] != row.OK {
+		t.Fatalf("row: ok %d failed %d %v bodies %v", row.OK, row.FailedTotal, row.Errors, row.Bodies)
+	}
+	if row.WorkersUsage == nil || row.WorkersUsage.PIDs != 2 || row.CPUPerRequestUS <= 0 || row.ManagerUsage != nil {
+		t.Fatalf("usage: workers %+v manager %+v cpu/request %v", row.WorkersUsage, row.ManagerUsage, row.CPUPerRequestUS)
+	}
 	m.stop()
 	for _, w := range ws {
 		if alive(w) {

@@ -146,8 +146,8 @@ func (b *bench) runRow(ctx context.Context, m manager, row *Row, plan rowPlan) e
 	res := run.Stop()
 	row.ManagerUsage, row.WorkersUsage = usage.end(m)
 	row.OthersCPUPercent = usage.others(row.ManagerUsage, row.WorkersUsage)
-	row.CPUPerRequestUS = cpuPerRequest(row)
 	fillRow(row, res)
+	row.CPUPerRequestUS = cpuPerRequest(row)
 	b.logger.Info("Row done", "manager", row.Manager, "scenario", row.Scenario, "mode", row.Mode,
 		"requests", row.Requests, "failed", row.FailedTotal, "stale", row.StaleKeepAlive,
 		"rps", int(row.RPS), "p99_ms", row.P99MS, "reloads", len(row.Reloads))
