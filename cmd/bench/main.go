@@ -59,7 +59,7 @@ func run() int {
 		only    = flag.String("only", "", "comma-separated managers to run (alone,cluster-master,pm2,handoff); default all")
 		verbose = flag.Bool("v", false, "debug logging")
 		reloads = flag.Int("reloads", 0, "reloads per manager and mode (default 10 in 2 rounds, quick 2)")
-		budget  = flag.Duration("budget", 0, "time budget: rows that would start after it are skipped and listed (default 9m, quick 95s)")
+		budget  = flag.Duration("budget", 0, "time budget: rows that would start after it are skipped and listed (default 9m, quick 100s)")
 	)
 	b := &bench{}
 	flag.StringVar(&b.agent, "agent", "", "agent binary (required for the handoff rows)")
@@ -90,7 +90,7 @@ func run() int {
 	if *budget == 0 {
 		*budget = 9 * time.Minute
 		if *quick {
-			*budget = 95 * time.Second
+			*budget = 100 * time.Second
 		}
 	}
 	if *reloads > 0 {
@@ -146,9 +146,10 @@ func run() int {
 
 	start := time.Now()
 	// Rows are bounded; the last one may start just before the deadline.
-	b.deadline = start.Add(*budget - 40*time.Second)
+	// The margin covers the row in flight and the cleanup after it.
+	b.deadline = start.Add(*budget - 45*time.Second)
 	if *quick {
-		b.deadline = start.Add(*budget - 12*time.Second)
+		b.deadline = start.Add(*budget - 15*time.Second)
 	}
 	res := b.collect(ctx, *quick)
 	res.Seconds = time.Since(start).Seconds()
