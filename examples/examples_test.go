@@ -147,7 +147,10 @@ func TestExamples_GracefulStop(t *testing.T) {
 
 func testGracefulStop(t *testing.T, ex example) {
 	release := fmt.Sprintf("r%d", time.Now().UnixNano()%1_000_000_000)
-	a := startApp(t, ex, release, nil)
+	// A grace of 3 s rather than the default 1 s: on a loaded machine the
+	// test's next request on the idle connection may come later than 1 s
+	// after SIGTERM, and would then meet the close it is checking against.
+	a := startApp(t, ex, release, []string{"HANDOFF_IDLE_GRACE_MS=3000"})
 	want := "hello from " + release + "\n"
 
 	// The first request also makes systemd-socket-activate exec the app.

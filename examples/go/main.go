@@ -46,10 +46,18 @@ import (
 	"github.com/coreos/go-systemd/v22/daemon"
 )
 
-const (
-	idleGrace = time.Second      // an idle connection is kept this long after the stop signal
-	drainCap  = 10 * time.Second // the whole stop takes at most this long
-)
+const drainCap = 10 * time.Second // the whole stop takes at most this long
+
+// idleGrace is how long an idle connection is kept after the stop signal:
+// 1 s, or HANDOFF_IDLE_GRACE_MS.
+var idleGrace = graceFromEnv()
+
+func graceFromEnv() time.Duration {
+	if ms, err := strconv.Atoi(os.Getenv("HANDOFF_IDLE_GRACE_MS")); err == nil && ms > 0 {
+		return time.Duration(ms) * time.Millisecond
+	}
+	return time.Second
+}
 
 func main() {
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))

@@ -31,7 +31,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 from socketserver import ThreadingMixIn
 
 RELEASE = os.environ.get("DEPLOY_RELEASE_ID", "dev")
-GRACE = 1.0         # an idle connection is kept this long after the stop signal
+GRACE = float(os.environ.get("HANDOFF_IDLE_GRACE_MS", "1000")) / 1000  # an idle connection is kept this long after the stop signal
 CAP = 10.0          # the whole stop takes at most this long
 IDLE_TIMEOUT = 60.0  # an idle keep-alive connection is closed after this long
 

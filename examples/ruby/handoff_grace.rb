@@ -13,7 +13,7 @@
 # HANDOFF_EXAMPLE_SHUTDOWN=default leaves puma's behaviour untouched (the
 # middleware then does nothing), for comparison.
 class HandoffGrace
-  GRACE = 1.0 # seconds
+  GRACE = Float(ENV.fetch('HANDOFF_IDLE_GRACE_MS', '1000')) / 1000 # seconds
 
   @stopping = false
   class << self
