@@ -35,5 +35,8 @@
 //     serves or when there is none yet, RELOADING=1/READY=1 around every
 //     operation, STATUS= one line, STOPPING=1). SIGHUP reloads from current;
 //     SIGTERM or SIGINT aborts a running operation (which restores current),
-//     drains every worker and exits 0.
+//     drains every worker and exits 0. SIGUSR2 re-executes the agent binary
+//     now at its path in place (same pid), handing over the sockets, the
+//     control socket and the serving generation, whose workers never restart;
+//     it is refused while an operation runs (see cluster.Master.Upgrade).
 package main
