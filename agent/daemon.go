@@ -138,6 +138,13 @@ func runDaemon(cfg *Config, log *slog.Logger) int {
 				return exitUsage
 			}
 		}
+		// Nothing to listen on (no [[listen]] and no socket from systemd) or a
+		// socket named in the config that systemd did not pass: the config
+		// does not fit this start, which is the operator's to fix.
+		if errors.Is(err, cluster.ErrNoSockets) || errors.Is(err, cluster.ErrInvalidSpec) {
+			fmt.Fprintf(os.Stderr, "%s: %v\n", cfg.Path, err)
+			return exitUsage
+		}
 		log.Error("Cannot open the listening sockets", "err", err)
 		return exitFailed
 	}

@@ -70,6 +70,14 @@ func TestE2E_configErrors(t *testing.T) {
 			}
 		})
 	}
+	t.Run("nothing to listen on", func(t *testing.T) {
+		path := filepath.Join(dir, "no-listen.toml")
+		os.WriteFile(path, []byte("root = \"root\"\n[app]\ncommand = [\"x\"]\n"), 0o644)
+		r := cli(t, nil, "run", "-c", path)
+		if r.code != 2 || !strings.Contains(r.stderr, path+": open sockets: no sockets configured or inherited") {
+			t.Errorf("agent run with no [[listen]] and no systemd socket: want exit 2 naming the file; got %v", r)
+		}
+	})
 	t.Run("missing file", func(t *testing.T) {
 		r := cli(t, nil, "status", "-c", filepath.Join(dir, "nope.toml"))
 		if r.code != 2 || !strings.Contains(r.stderr, "nope.toml: no such file") {
