@@ -339,16 +339,24 @@ func (d *daemon) startLocked(ctx context.Context, o *op) {
 		defer o.log.finish(res)
 		d.mu.Lock()
 		defer d.mu.Unlock()
-		d.running = nil
-		if next := d.waiting; next != nil {
-			d.waiting = nil
-			if d.stopping || ctx.Err() != nil {
-				next.log.finish(result(next, codeInternal, "the agent is shutting down"))
-				return
-			}
-			d.startLocked(ctx, next)
-		}
+		d.doneLocked(ctx)
 	}()
+}
+
+// doneLocked frees the agent after an operation and starts the one waiting,
+// if any, unless the agent is stopping.
+func (d *daemon) doneLocked(ctx context.Context) {
+	d.running = nil
+	next := d.waiting
+	if next == nil {
+		return
+	}
+	d.waiting = nil
+	if d.stopping || ctx.Err() != nil {
+		next.log.finish(result(next, codeInternal, "the agent is shutting down"))
+		return
+	}
+	d.startLocked(ctx, next)
 }
 
 // execute runs o with the root locked and returns its result; the caller

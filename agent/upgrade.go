@@ -208,15 +208,7 @@ func (d *daemon) upgrade(ctx context.Context, ln *net.UnixListener) error {
 		o.log.finish(Message{Code: codeOK, Op: opUpgrade})
 		d.mu.Lock()
 		defer d.mu.Unlock()
-		d.running = nil
-		if next := d.waiting; next != nil {
-			d.waiting = nil
-			if d.stopping || ctx.Err() != nil {
-				next.log.finish(result(next, codeInternal, "the agent is shutting down"))
-				return
-			}
-			d.startLocked(ctx, next)
-		}
+		d.doneLocked(ctx)
 	}()
 
 	if err := d.checkConfig(ctx, d.up.state.Binary); err != nil {
