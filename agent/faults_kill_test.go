@@ -180,7 +180,9 @@ func testKillStage(t *testing.T, stage, mode string) {
 	port := freePort(t)
 	addr := "127.0.0.1:" + strconv.Itoa(port)
 
-	cfg := mustRead(t, s.cfg)
+	// One worker per generation: the kill tests are about the agent, and
+	// each generation's Node start is most of their time.
+	cfg := strings.Replace(mustRead(t, s.cfg), "workers = 2", "workers = 1", 1)
 	if mode == "by-hand" {
 		cfg = strings.Replace(cfg, `address = "127.0.0.1:0"`, `address = "`+addr+`"`, 1)
 	} else {
@@ -279,12 +281,12 @@ kill $!`
 		d.waitEvent("the swap", 30*time.Second, func(m Message) bool { return m.Stage == "activate" && m.Kind == "done" })
 	case "readiness", "readiness-broken":
 		started := 0
-		d.waitEvent("two new workers started", 30*time.Second, func(m Message) bool {
+		d.waitEvent("the new worker started", 30*time.Second, func(m Message) bool {
 			if m.Stage == "reload" && m.Kind == "worker" && strings.Contains(m.Message, "started") {
 				started++
 				newPIDs = append(newPIDs, m.PID)
 			}
-			return started == 2
+			return started == 1
 		})
 	case "retiring":
 		d.waitEvent("the old generation retiring", 30*time.Second, isStep("retiring"))
@@ -297,6 +299,9 @@ kill $!`
 		}
 	}
 	before := load.Snapshot()
+	if before.FailedTotal != 0 {
+		t.Errorf("load while serving, up to the kill: %s", before)
+	}
 	killPID(t, agentPID)
 	if _, code := d.result(30 * time.Second); code == 0 {
 		t.Errorf("the deploy client of a killed agent exited 0")
@@ -380,8 +385,14 @@ kill $!`
 		if res.Failed["refused"] != 0 {
 			t.Errorf("connections refused across the agent's restart under a socket unit: %s", res)
 		}
-		if res.FailedTotal != before.FailedTotal {
-			t.Errorf("%d requests failed across the kill and restart: %s", res.FailedTotal-before.FailedTotal, res)
+		// The workers die with the agent (by design): a request one of
+		// them was answering at that instant is cut (reset or EOF; on a
+		// reused keep-alive connection before any answer byte the client
+		// retries it, counted as stale). At most one per load connection;
+		// nothing is refused or times out.
+		lost := res.FailedTotal - before.FailedTotal
+		if lost > 2 || res.Failed["reset"]+res.Failed["eof"]-before.Failed["reset"]-before.Failed["eof"] != lost {
+			t.Errorf("%d requests failed across the kill and restart; want at most the 2 in flight, cut by reset or EOF: %s", lost, res)
 		}
 	} else {
 		load = startLoadOpts(t, loadgen.Options{Addr: addr, Conns: 2, KeepAlive: true, Timeout: 20 * time.Second})
