@@ -34,5 +34,12 @@
 //     release), and the moment /proc shows every old worker gone; the
 //     manager's own "ready" (agent --json events, the cluster master's JSON
 //     lines) is recorded beside them.
+//   - The run is bounded by -budget (scripts/bench.sh passes what is left of
+//     10 minutes, or 2 with --quick, after building): a row that would start
+//     after the deadline is skipped and listed in the results, and a reload
+//     row stops triggering once its reloads run far over their period.
+//   - Each row records the CPU the rest of the machine used meanwhile, and
+//     the workers' and manager's CPU per request, so that a run on a busy
+//     machine can be read for what it is.
 //   - Nothing is written to <out> when the run is interrupted.
 package main
