@@ -382,3 +382,24 @@ func TestAlone_realApp(t *testing.T) {
 		}
 	}
 }
+
+func TestBench_skipPastTheBudget(t *testing.T) {
+	b := &bench{logger: slog.New(slog.NewTextHandler(io.Discard, nil)), deadline: time.Now().Add(time.Hour)}
+	res := &Results{}
+	if b.skip(context.Background(), res, "a row") {
+		t.Fatal("skipped before the deadline")
+	}
+	b.deadline = time.Now().Add(-time.Second)
+	if !b.skip(context.Background(), res, "a late row") || len(res.Skipped) != 1 || res.Skipped[0] != "a late row" {
+		t.Fatalf("skipped = %v", res.Skipped)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	b.deadline = time.Now().Add(time.Hour)
+	if !b.skip(ctx, res, "interrupted") || len(res.Skipped) != 1 {
+		t.Fatalf("an interrupted run skips without recording: %v", res.Skipped)
+	}
+	if md := renderMarkdown(res); !strings.Contains(md, "skipped to stay within the time budget: a late row") {
+		t.Fatalf("markdown does not list the skipped row:\n%s", md)
+	}
+}
