@@ -27,11 +27,12 @@ type handoffMgr struct {
 	prev    []string
 	env     map[string]string
 	tag     string // names the root, the config and the logs
+	quorum  string // [readiness] quorum: "all" or a number
 }
 
 // startHandoff writes a deploy.toml, starts `agent run` and deploys the
-// first release. env goes to the workers ([app] env).
-func (b *bench) startHandoff(ctx context.Context, tag string, env map[string]string) (*handoffMgr, error) {
+// first release. env goes to the workers ([app] env), quorum to [readiness].
+func (b *bench) startHandoff(ctx context.Context, tag string, env map[string]string, quorum string) (*handoffMgr, error) {
 	if b.agent == "" {
 		return nil, errNoAgent
 	}
@@ -39,7 +40,7 @@ func (b *bench) startHandoff(ctx context.Context, tag string, env map[string]str
 	if err != nil {
 		return nil, err
 	}
-	m := &handoffMgr{b: b, ad: fmt.Sprintf("127.0.0.1:%d", port), env: env, tag: tag}
+	m := &handoffMgr{b: b, ad: fmt.Sprintf("127.0.0.1:%d", port), env: env, tag: tag, quorum: quorum}
 	m.root = filepath.Join(b.work, "handoff-"+tag)
 	m.cfg = filepath.Join(b.work, "deploy-"+tag+".toml")
 	if err := m.writeConfig(); err != nil {
@@ -81,7 +82,7 @@ address = %q
 mode = "listen"
 timeout = %q
 quorum = %s
-`, m.root, m.b.node, m.b.workers, strings.Join(env, ", "), m.ad, m.b.readyTimeout.String(), m.b.quorumTOML())
+`, m.root, m.b.node, m.b.workers, strings.Join(env, ", "), m.ad, m.b.readyTimeout.String(), quorumTOML(m.quorum))
 	if err := os.WriteFile(m.cfg, []byte(cfg), 0o644); err != nil {
 		return fmt.Errorf("handoff: write config: %w", err)
 	}

@@ -39,12 +39,12 @@ type bench struct {
 
 func (b *bench) fixture(name string) string { return filepath.Join(b.fixtures, name) }
 
-// quorumTOML is the -quorum flag as a TOML value.
-func (b *bench) quorumTOML() string {
-	if _, err := strconv.Atoi(b.quorum); err == nil {
-		return b.quorum
+// quorumTOML is a quorum ("all" or a number) as a TOML value.
+func quorumTOML(q string) string {
+	if _, err := strconv.Atoi(q); err == nil {
+		return q
 	}
-	return strconv.Quote(b.quorum)
+	return strconv.Quote(q)
 }
 
 func main() {
@@ -204,7 +204,7 @@ func (b *bench) collect(ctx context.Context, quick bool) *Results {
 		}
 	}
 	if b.want("handoff") && ctx.Err() == nil {
-		m, err := b.startHandoff(ctx, "main", nil)
+		m, err := b.startHandoff(ctx, "main", nil, b.quorum)
 		fail("handoff", err)
 		if err == nil {
 			all = append(all, m)
@@ -313,14 +313,32 @@ func (b *bench) handoffExtras(ctx context.Context, res *Results, m *handoffMgr, 
 	if quick || b.skip(ctx, res, "handoff reloads keep-alive default shutdown") {
 		return
 	}
-	d, err := b.startHandoff(ctx, "default", map[string]string{"HANDOFF_EXAMPLE_SHUTDOWN": "default"})
+	d, err := b.startHandoff(ctx, "default", map[string]string{"HANDOFF_EXAMPLE_SHUTDOWN": "default"}, b.quorum)
 	fail("handoff default shutdown", err)
 	if err == nil {
 		b.warmUp(ctx, d)
 		fail("handoff default shutdown", b.addRow(ctx, res, d, &Row{Scenario: "reloads", Mode: modeKeepAlive, Shutdown: "default"}, b.reloadPlan(d, b.reloads)))
 		d.stop()
 	}
+	// The seed's readiness beside handoff's default: the old generation is
+	// retired as soon as one new worker is ready (quorum 1), as the
+	// cluster master does. Half the reloads, both modes.
+	if b.quorum == "1" || b.skip(ctx, res, "handoff reloads with quorum 1") {
+		return
+	}
+	q, err := b.startHandoff(ctx, "quorum1", nil, "1")
+	fail("handoff quorum 1", err)
+	if err == nil {
+		b.warmUp(ctx, q)
+		for _, mode := range modes {
+			fail("handoff quorum 1", b.addRow(ctx, res, q, &Row{Scenario: scenarioQuorum1, Mode: mode}, b.reloadPlan(q, (b.reloads+1)/2)))
+		}
+		q.stop()
+	}
 }
+
+// scenarioQuorum1 names handoff's reload rows with [readiness] quorum = 1.
+const scenarioQuorum1 = "reloads-quorum-1"
 
 // inRounds runs scenario for every manager and mode, rounds times over,
 // and adds each manager's merged row.

@@ -564,6 +564,26 @@ func renderMarkdown(r *Results) string {
 			row.StaleKeepAlive, float64(row.StaleKeepAlive)/n, float64(row.StaleKeepAlive)/n/float64(row.Conns), fmtLat(row))
 	}
 
+	if q := r.find("handoff", scenarioQuorum1, modeKeepAlive, "graceful"); q != nil {
+		fmt.Fprintf(&w, "\n## Reload time and readiness quorum\n\n")
+		fmt.Fprintf(&w, "handoff retires the old generation when *quorum* new workers are ready: all of them by default, one in the seed's cluster master. Median / max ms from the trigger.\n\n")
+		fmt.Fprintf(&w, "| manager | quorum | mode | reloads ok | ready | first new | old gone | latency during reloads p50 / p99 / max ms | failed |\n")
+		fmt.Fprintf(&w, "|---|---|---|---|---|---|---|---|---|\n")
+		for _, c := range []struct{ mgr, scenario, quorum string }{
+			{"handoff", "reloads", r.Params.Quorum}, {"handoff", scenarioQuorum1, "1"}, {"cluster-master", "reloads", "1 (listening)"},
+		} {
+			for _, mode := range []string{modeKeepAlive, modeNewConn} {
+				row := r.find(c.mgr, c.scenario, mode, "graceful")
+				if row == nil {
+					continue
+				}
+				rd, fn, gn, ok := rowTimes(row)
+				fmt.Fprintf(&w, "| %s | %s | %s | %d/%d | %s | %s | %s | %s | %s |\n", c.mgr, c.quorum, mode, ok, len(row.Reloads),
+					fmtMS(rd), fmtMS(fn), fmtMS(gn), fmtLat(row), fmtFailed(row))
+			}
+		}
+	}
+
 	fmt.Fprintf(&w, "\n## Targets (issue 5)\n\n")
 	for _, t := range r.Targets {
 		mark := "met"
