@@ -434,7 +434,11 @@ func printStatus(w io.Writer, s *StatusDoc) {
 			if i == 0 {
 				gen, rel, st = fmt.Sprint(g.ID), g.ReleaseID, g.State
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%s\t%d\t%s\t%s\n", gen, rel, st, wk.ID, wk.PID, wk.State, wk.Restarts,
+			restarts := fmt.Sprint(wk.Restarts)
+			if wk.Backoff > 0 {
+				restarts += fmt.Sprintf(" (crash loop, backoff %s)", fmtDur(time.Duration(wk.Backoff*float64(time.Second))))
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%s\t%s\t%s\t%s\n", gen, rel, st, wk.ID, wk.PID, wk.State, restarts,
 				fmtDur(time.Duration(wk.Uptime*float64(time.Second))), orDash(wk.LastExit))
 		}
 	}

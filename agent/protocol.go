@@ -148,4 +148,5 @@ type WorkerDoc struct {
 	Restarts int     `json:"restarts"`
 	Uptime   float64 `json:"uptime_s"`
 	LastExit string  `json:"last_exit,omitempty"`
+	Backoff  float64 `json:"backoff_s,omitempty"` // while crash-looping: the restart delay
 }

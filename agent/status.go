@@ -57,7 +57,7 @@ func (d *daemon) status() *StatusDoc {
 	for _, g := range d.master.Status().Generations {
 		gd := GenerationDoc{ID: g.ID, ReleaseID: g.ReleaseID, Dir: g.Dir, State: g.State, Workers: []WorkerDoc{}}
 		for _, w := range g.Workers {
-			gd.Workers = append(gd.Workers, WorkerDoc{ID: w.ID, PID: w.PID, State: w.State, Restarts: w.Restarts, Uptime: w.Uptime.Seconds(), LastExit: w.LastExit})
+			gd.Workers = append(gd.Workers, WorkerDoc{ID: w.ID, PID: w.PID, State: w.State, Restarts: w.Restarts, Uptime: w.Uptime.Seconds(), LastExit: w.LastExit, Backoff: w.Backoff.Seconds()})
 		}
 		st.Generations = append(st.Generations, gd)
 	}

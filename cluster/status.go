@@ -27,7 +27,7 @@ type WorkerStatus struct {
 	Uptime   time.Duration `json:"uptime_ns"`            // of the running process, 0 when none runs
 	LastExit string        `json:"last_exit,omitempty"`  // how the previous process ended
 	Status   string        `json:"status,omitempty"`     // last sd_notify STATUS=
-	Backoff  time.Duration `json:"backoff_ns,omitempty"` // delay before the next restart, in state WorkerBackoff
+	Backoff  time.Duration `json:"backoff_ns,omitempty"` // while crash-looping (not ready since a restart): the delay before the last or next restart
 }
 
 // Status returns a snapshot of the generations and their workers.
@@ -40,7 +40,9 @@ func (m *Master) Status() Status {
 		gs := GenerationStatus{ID: g.id, ReleaseID: g.spec.ReleaseID, Dir: g.dir, State: g.state, Started: g.created}
 		for _, s := range g.slots {
 			ws := WorkerStatus{ID: s.id, State: s.state, Restarts: s.restarts, LastExit: s.lastExit}
-			if s.state == WorkerBackoff {
+			// A crash loop stays visible between restarts too, not only
+			// while the worker waits out its delay.
+			if s.state == WorkerBackoff || (s.consecutive > 0 && s.state != WorkerReady) {
 				ws.Backoff = s.backoff
 			}
 			if p := s.proc; p != nil {
