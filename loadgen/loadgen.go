@@ -253,7 +253,7 @@ func (w *worker) loop(ctx context.Context) {
 		}
 		begin := time.Now()
 		body, err := w.do(ctx)
-		if err != nil && ctx.Err() != nil && errors.Is(err, errCanceled) {
+		if errors.Is(err, errCanceled) {
 			return // cut short by our own stop, not by the server
 		}
 		elapsed := time.Since(begin)
@@ -302,10 +302,7 @@ func (w *worker) attempt(ctx context.Context) (string, int64, error) {
 		d := net.Dialer{Timeout: o.Timeout}
 		c, err := d.DialContext(ctx, o.Network, o.Addr)
 		if err != nil {
-			if ctx.Err() != nil {
-				return "", 0, errCanceled
-			}
-			return "", 0, err
+			return "", 0, w.canceled(ctx, err)
 		}
 		w.conn, w.served = c, 0
 		w.cr = &countingReader{r: c}
@@ -354,11 +351,23 @@ func (w *worker) attempt(ctx context.Context) (string, int64, error) {
 	return strings.TrimSpace(string(b)), got, nil
 }
 
+// canceled marks err as caused by the run's own end. The run's deadline
+// counts as soon as it passes: a dial or read whose deadline was the run's
+// fails a moment before the context's timer sets ctx.Err, and that failure
+// is not the server's.
 func (w *worker) canceled(ctx context.Context, err error) error {
-	if ctx.Err() != nil {
+	if stopped(ctx) {
 		return fmt.Errorf("%w: %v", errCanceled, err)
 	}
 	return err
+}
+
+func stopped(ctx context.Context) bool {
+	if ctx.Err() != nil {
+		return true
+	}
+	dl, ok := ctx.Deadline()
+	return ok && !time.Now().Before(dl)
 }
 
 func (w *worker) closeConn() {

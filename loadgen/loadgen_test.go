@@ -236,3 +236,23 @@ func TestRun_stopWhileConnectionsChurn(t *testing.T) {
 		run.Stop()
 	}
 }
+
+// A run bounded by Duration ends with its dials and reads cut at the
+// deadline: none of that may be counted as the server's failure.
+func TestRun_durationEndIsNotAFailure(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintln(w, "ok")
+	}))
+	defer srv.Close()
+	addr := strings.TrimPrefix(srv.URL, "http://")
+	for _, keepAlive := range []bool{false, true} {
+		run, err := Start(context.Background(), Options{Addr: addr, Conns: 8, KeepAlive: keepAlive, Duration: 500 * time.Millisecond})
+		if err != nil {
+			t.Fatal(err)
+		}
+		res := run.Wait()
+		if res.FailedTotal != 0 || res.OK == 0 {
+			t.Fatalf("keepalive=%v: want only ok requests, got %v", keepAlive, res)
+		}
+	}
+}
