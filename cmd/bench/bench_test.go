@@ -48,6 +48,10 @@ func TestReadProc_self(t *testing.T) {
 	if rss, err := rssKiB(os.Getpid()); err != nil || rss <= 0 {
 		t.Fatalf("rssKiB(self) = %d, %v", rss, err)
 	}
+	rss, _ := rssKiB(os.Getpid())
+	if pss, err := pssKiB(os.Getpid()); err != nil || pss <= 0 || pss > rss+1024 {
+		t.Fatalf("pssKiB(self) = %d, %v (rss %d)", pss, err, rss)
+	}
 }
 
 func TestProcs_stopEndsTheTree(t *testing.T) {

@@ -83,11 +83,14 @@ type Reload struct {
 
 // Usage is a process set's memory and CPU over a row.
 type Usage struct {
-	PIDs       int       `json:"pids"`
-	PerPID     []float64 `json:"per_pid_cpu_percent,omitempty"` // each worker's CPU %, to show how connections were split
-	RSSPerPID  []int64   `json:"rss_per_pid_kib,omitempty"`     // the manager's processes (the agent, its watchdog)
-	RSSKiB     int64     `json:"rss_kib"`                       // at the end of the row, summed
-	CPUPercent float64   `json:"cpu_percent"`                   // of one core, over the row
+	PIDs      int       `json:"pids"`
+	PerPID    []float64 `json:"per_pid_cpu_percent,omitempty"` // each worker's CPU %, to show how connections were split
+	RSSPerPID []int64   `json:"rss_per_pid_kib,omitempty"`     // the manager's processes (the agent, its watchdog)
+	RSSKiB    int64     `json:"rss_kib"`                       // at the end of the row, summed
+	// PSSKiB counts a page shared by several processes (the agent binary's
+	// text, mapped by the agent and by its watchdog) once, split between them.
+	PSSKiB     int64   `json:"pss_kib,omitempty"`
+	CPUPercent float64 `json:"cpu_percent"` // of one core, over the row
 }
 
 // marks are times a manager reports about one reload.
@@ -358,6 +361,8 @@ func (u usageMark) end(m manager) (mgr, workers *Usage) {
 			rss, _ := rssKiB(p.PID)
 			us.RSSKiB += rss
 			us.RSSPerPID = append(us.RSSPerPID, rss)
+			pss, _ := pssKiB(p.PID)
+			us.PSSKiB += pss
 			t := since(before, p)
 			ticks += t
 			us.PerPID = append(us.PerPID, pct(t))
@@ -520,6 +525,7 @@ func mergeRounds(rs []Row) Row {
 		for _, r := range rs {
 			if r.ManagerUsage != nil {
 				u.RSSKiB = max(u.RSSKiB, r.ManagerUsage.RSSKiB)
+				u.PSSKiB = max(u.PSSKiB, r.ManagerUsage.PSSKiB)
 			}
 		}
 		m.ManagerUsage = &u

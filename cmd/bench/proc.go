@@ -109,6 +109,23 @@ func rssKiB(pid int) (int64, error) {
 	return 0, fmt.Errorf("read /proc/%d/status: no VmRSS", pid)
 }
 
+// pssKiB reads the proportional set size of pid from smaps_rollup.
+func pssKiB(pid int) (int64, error) {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/smaps_rollup")
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(line, "Pss:"); ok {
+			f := strings.Fields(rest)
+			if len(f) > 0 {
+				return strconv.ParseInt(f[0], 10, 64)
+			}
+		}
+	}
+	return 0, fmt.Errorf("read /proc/%d/smaps_rollup: no Pss", pid)
+}
+
 // child is a process the bench started, leader of its own process group.
 // Exactly one goroutine calls Wait; done closes when it returns.
 type child struct {

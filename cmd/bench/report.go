@@ -327,7 +327,7 @@ func evaluate(r *Results) {
 		mib := float64(top.RSSKiB) / 1024
 		got := fmtRSS(top)
 		if len(top.RSSPerPID) > 1 {
-			got += ": the agent, then its watchdog process"
+			got += ": the agent, then its watchdog process; PSS counts the binary's pages they share once"
 		}
 		add(Target{Name: "agent RSS, steady state", Want: "≤ 20 MiB", Got: got,
 			Met: mib <= 20, Margin: fmt.Sprintf("%+.1f MiB", mib-20)})
@@ -439,6 +439,9 @@ func fmtRSS(u *Usage) string {
 			parts[i] = fmt.Sprintf("%.1f", float64(k)/1024)
 		}
 		s += " (" + strings.Join(parts, " + ") + ")"
+	}
+	if u.PSSKiB > 0 {
+		s += fmt.Sprintf(", PSS %.1f MiB", float64(u.PSSKiB)/1024)
 	}
 	return s
 }
