@@ -501,6 +501,13 @@ func checkRecovered(t *testing.T, s *setup, st *StatusDoc, want string, archives
 			lastOK = ev.ID
 		}
 	}
+	servedOK := false
+	for _, ev := range state.Events {
+		servedOK = servedOK || (ev.ID == want && ev.Result == "ok")
+	}
+	if !servedOK {
+		t.Errorf("state.json has no successful deploy of %s, which serves now: %s", want, raw)
+	}
 	if lastOK == "" || !onDisk[lastOK] {
 		t.Errorf("state.json's last successful release %q is not on disk (%v)", lastOK, onDisk)
 	}

@@ -421,9 +421,35 @@ func (d *daemon) reload(ctx context.Context, o *op) Message {
 		// The previous generation (if any) keeps serving.
 		return Message{Code: codeFailed, ID: cur, Error: reloadErr(err).Error(), Failures: failuresOf(err)}
 	}
+	if o.first {
+		d.recordRecovered(cur)
+	}
 	ev.Result = "ok"
 	d.record(o, ev)
 	return Message{Code: codeOK, ID: cur, From: cur}
+}
+
+// recordRecovered records the deploy of cur as done when cur has never
+// served before this start: the agent died after the swap, and cur's workers
+// came up after the restart. Without it the history would not know that cur
+// ever served, and would compute its rollback target and pruning as if it had
+// not.
+func (d *daemon) recordRecovered(cur string) {
+	h, err := d.store.History()
+	if err != nil {
+		return // reported where the history is read for status
+	}
+	for _, ev := range h {
+		if ev.ID == cur && ev.Result == "ok" {
+			return
+		}
+	}
+	d.log.Warn("Completed a deploy the agent's death interrupted after the swap; its post-deploy hooks did not run", "release", cur)
+	ev := release.Event{Time: time.Now(), Op: opDeploy, ID: cur, Result: "ok",
+		Error: "completed at the agent's restart after an interruption; post-deploy hooks did not run"}
+	if err := d.store.Record(ev); err != nil {
+		d.log.Error("Cannot record history", "err", err)
+	}
 }
 
 // recoverInterrupted handles a first generation that failed on a release
