@@ -12,6 +12,7 @@ var (
 	ErrExists             = errors.New("release already exists")
 	ErrNotFound           = errors.New("release not found")
 	ErrSchemeNotAllowed   = errors.New("scheme not allowed")
+	ErrHostNotAllowed     = errors.New("host not allowed")
 	ErrChecksumRequired   = errors.New("checksum required")
 	ErrChecksumMismatch   = errors.New("checksum mismatch")
 	ErrUnsafeArchive      = errors.New("unsafe archive")

@@ -61,6 +61,25 @@ func (s *Store) allowed() string {
 	return strings.Join(a, ", ")
 }
 
+// checkHost applies Options.AllowHosts to an http(s) URL.
+func (s *Store) checkHost(u *url.URL) error {
+	if len(s.opts.AllowHosts) == 0 {
+		return nil
+	}
+	host := strings.ToLower(strings.TrimSuffix(u.Hostname(), "."))
+	for _, h := range s.opts.AllowHosts {
+		h = strings.ToLower(h)
+		if suffix, ok := strings.CutPrefix(h, "*."); ok {
+			if strings.HasSuffix(host, "."+suffix) {
+				return nil
+			}
+		} else if host == h {
+			return nil
+		}
+	}
+	return reason(ErrHostNotAllowed, fmt.Sprintf("host %q is not allowed (allowed: %s)", host, strings.Join(s.opts.AllowHosts, ", ")))
+}
+
 func (s *Store) checkScheme(scheme string) error {
 	if !s.allow[scheme] {
 		return reason(ErrSchemeNotAllowed, fmt.Sprintf("scheme %q is not allowed (allowed: %s)", scheme, s.allowed()))
@@ -95,6 +114,11 @@ func (s *Store) parseSource(raw string) (*source, error) {
 	if err := s.checkScheme(src.scheme); err != nil {
 		return nil, err
 	}
+	if src.scheme == "http" || src.scheme == "https" {
+		if err := s.checkHost(u); err != nil {
+			return nil, err
+		}
+	}
 	if _, sub := getter.SourceDirSubdir(raw); sub != "" {
 		return nil, fmt.Errorf("subdirectory selection (%q) is not supported", "//"+sub)
 	}
@@ -108,6 +132,11 @@ func (s *Store) parseSource(raw string) (*source, error) {
 			}
 			if err := s.checkScheme(strings.ToLower(cu.Scheme)); err != nil {
 				return nil, fmt.Errorf("checksum file: %w", err)
+			}
+			if sc := strings.ToLower(cu.Scheme); sc == "http" || sc == "https" {
+				if err := s.checkHost(cu); err != nil {
+					return nil, fmt.Errorf("checksum file: %w", err)
+				}
 			}
 		}
 	}
@@ -413,6 +442,9 @@ func (s *Store) httpClient() *http.Client {
 		// a local file or another getter.
 		if sc := strings.ToLower(req.URL.Scheme); sc != "http" && sc != "https" || !s.allow[sc] {
 			return reason(ErrSchemeNotAllowed, fmt.Sprintf("redirect to %s: scheme %q is not allowed (allowed: %s)", RedactURL(req.URL.String()), sc, s.allowed()))
+		}
+		if err := s.checkHost(req.URL); err != nil {
+			return fmt.Errorf("redirect to %s: %w", RedactURL(req.URL.String()), err)
 		}
 		if len(via) >= 10 {
 			return errors.New("stopped after 10 redirects")

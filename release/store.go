@@ -30,6 +30,12 @@ type Options struct {
 	// local path counts as "file". Nil means all three. A scheme this build
 	// cannot fetch (e.g. "s3") makes Open fail.
 	Allow []string
+	// AllowHosts, when not empty, lists the hosts an http(s) artifact, its
+	// checksum file and every redirect may come from: a host name or IP
+	// ("ci.example.com", "127.0.0.1"), or "*.example.com" for any name below
+	// example.com. Matched without case and without the port. Empty means any
+	// host (ErrHostNotAllowed otherwise).
+	AllowHosts []string
 	// RequireChecksum refuses an http or https URL without ?checksum=
 	// (ErrChecksumRequired). Local files and directories are exempt.
 	RequireChecksum bool
