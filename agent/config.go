@@ -62,6 +62,7 @@ type RestartConfig struct {
 
 type FetchConfig struct {
 	Allow           []string
+	AllowHosts      []string // empty: any host
 	RequireChecksum bool
 	MaxBytes        int64
 	MaxFiles        int
@@ -184,6 +185,7 @@ type rawConfig struct {
 	} `toml:"restart"`
 	Fetch struct {
 		Allow           tSchemes  `toml:"allow"`
+		AllowHosts      tHosts    `toml:"allow_hosts"`
 		RequireChecksum tBool     `toml:"require_checksum"`
 		MaxBytes        tSize     `toml:"max_bytes"`
 		MaxFiles        tCount    `toml:"max_files"`
@@ -335,6 +337,7 @@ func parseConfig(path, src string) (*Config, error) {
 		},
 		Fetch: FetchConfig{
 			Allow:           []string(raw.Fetch.Allow),
+			AllowHosts:      []string(raw.Fetch.AllowHosts),
 			RequireChecksum: bool(raw.Fetch.RequireChecksum),
 			MaxBytes:        int64(raw.Fetch.MaxBytes),
 			MaxFiles:        int(raw.Fetch.MaxFiles),
@@ -869,6 +872,25 @@ func (t *tSchemes) UnmarshalTOML(v any) error {
 		case "https", "http", "file":
 		default:
 			return fmt.Errorf(`unsupported scheme %q, want any of "https", "http", "file"`, s)
+		}
+	}
+	*t = l
+	return nil
+}
+
+// tHosts lists host names or IPs, or "*.domain" for any name below domain.
+type tHosts []string
+
+var hostRe = regexp.MustCompile(`^(\*\.)?[A-Za-z0-9]([A-Za-z0-9.:-]*[A-Za-z0-9])?$`)
+
+func (t *tHosts) UnmarshalTOML(v any) error {
+	l, err := stringList(v, "strings")
+	if err != nil {
+		return err
+	}
+	for _, s := range l {
+		if !hostRe.MatchString(s) || strings.Count(s, ":") == 1 { // one colon: a port, not IPv6
+			return fmt.Errorf(`invalid host %q: want a host name or IP without scheme, port or path, or "*.example.com"`, s)
 		}
 	}
 	*t = l

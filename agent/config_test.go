@@ -142,6 +142,8 @@ func TestParseConfig_errors(t *testing.T) {
 		{name: "bad post_deploy_failure", src: ok + "[hooks]\npost_deploy_failure = \"ignore\"\n", want: []string{`deploy.toml:6:23: hooks.post_deploy_failure: unknown value "ignore", want one of "rollback", "warn"`}},
 		{name: "bad hook command", src: ok + "[hooks]\npost-deploy = [\"./x.sh\"]\n", want: []string{`deploy.toml:6:15: hooks.post-deploy: command 0: want an array of strings, got a string (want e.g. [["npm", "ci"]])`}},
 		{name: "bad scheme", src: ok + "[fetch]\nallow = [\"ftp\"]\n", want: []string{`deploy.toml:6:9: fetch.allow: unsupported scheme "ftp", want any of "https", "http", "file"`}},
+		{name: "host with a port", src: ok + "[fetch]\nallow_hosts = [\"ci.example.com:443\"]\n", want: []string{`deploy.toml:6:15: fetch.allow_hosts: invalid host "ci.example.com:443": want a host name or IP without scheme, port or path, or "*.example.com"`}},
+		{name: "host with a scheme", src: ok + "[fetch]\nallow_hosts = [\"https://ci.example.com\"]\n", want: []string{`deploy.toml:6:15: fetch.allow_hosts: invalid host "https://ci.example.com": want a host name or IP without scheme, port or path, or "*.example.com"`}},
 		{name: "bad size", src: ok + "[fetch]\nmax_bytes = \"lots\"\n", want: []string{`deploy.toml:6:13: fetch.max_bytes: invalid size "lots", want e.g. "2GiB", "500MB" or a number of bytes`}},
 		{name: "bad uid", src: ok + "[control]\nallow_uids = [-1]\n", want: []string{`deploy.toml:6:14: control.allow_uids: element 0: want a non-negative numeric id, got -1`}},
 		{name: "linked escapes", src: "root = \"/a\"\nlinked = [\"../etc\"]\n[app]\ncommand = [\"x\"]\n", want: []string{`deploy.toml:2:10: linked: "../etc": want a relative path inside the release`}},

@@ -115,7 +115,7 @@ func runDaemon(cfg *Config, log *slog.Logger) int {
 	log.Info("Starting", "version", agentVersion(), "config", cfg.Path, "root", cfg.Root, "pid", os.Getpid())
 
 	store, err := release.Open(cfg.Root, release.Options{
-		Allow: cfg.Fetch.Allow, RequireChecksum: cfg.Fetch.RequireChecksum, MaxBytes: cfg.Fetch.MaxBytes,
+		Allow: cfg.Fetch.Allow, AllowHosts: cfg.Fetch.AllowHosts, RequireChecksum: cfg.Fetch.RequireChecksum, MaxBytes: cfg.Fetch.MaxBytes,
 		MaxFiles: cfg.Fetch.MaxFiles, Timeout: cfg.Fetch.Timeout, Logger: log,
 	})
 	if err != nil {

@@ -63,6 +63,8 @@ func newHostileServer(t *testing.T) *hostileServer {
 			http.Error(w, "boom", http.StatusInternalServerError)
 		case "/redirect-file.tar.gz":
 			http.Redirect(w, r, "file:///etc/passwd", http.StatusFound)
+		case "/redirect-host.tar.gz": // the same server under another name
+			http.Redirect(w, r, "http://"+strings.Replace(r.Host, "127.0.0.1", "localhost", 1)+"/good.tar.gz", http.StatusFound)
 		case "/stall.tar.gz":
 			w.Header().Set("Content-Length", "100000")
 			w.Write(bytes.Repeat([]byte{0x1f}, 1000))
@@ -101,6 +103,7 @@ func TestHostile_deployInputs(t *testing.T) {
 	s := newSetup(t, `
 [fetch]
 allow = ["http", "https"]
+allow_hosts = ["127.0.0.1"]
 require_checksum = true
 max_bytes = "8MiB"
 timeout = "3s"
@@ -136,6 +139,8 @@ timeout = "3s"
 		{name: "500", url: hs.srv.URL + "/500.tar.gz?checksum=sha256:" + hex.EncodeToString(sum[:]), want: "500"},
 		{name: "stall mid-body", url: hs.srv.URL + "/stall.tar.gz?checksum=sha256:" + hex.EncodeToString(sum[:]), want: "timed out after 3s"},
 		{name: "redirect to file", url: hs.srv.URL + "/redirect-file.tar.gz?checksum=sha256:" + hex.EncodeToString(sum[:]), want: `redirect to file:///etc/passwd: scheme "file" is not allowed`},
+		{name: "redirect to another host", url: hs.srv.URL + "/redirect-host.tar.gz?checksum=sha256:" + hex.EncodeToString(sum[:]), want: `host "localhost" is not allowed (allowed: 127.0.0.1)`},
+		{name: "host not allowed", url: strings.Replace(hs.srv.URL, "127.0.0.1", "localhost", 1) + "/good.tar.gz?checksum=sha256:" + hex.EncodeToString(sum[:]), want: `host "localhost" is not allowed (allowed: 127.0.0.1)`},
 		{name: "scheme not allowed", url: "file:///etc/passwd", want: `scheme "file" is not allowed (allowed: http, https)`},
 	}
 
