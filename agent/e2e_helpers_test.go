@@ -244,7 +244,14 @@ func (s *setup) start(env []string, prefix ...string) *agentProc {
 
 func (s *setup) spawn(env []string, prefix ...string) *agentProc {
 	s.t.Helper()
-	argv := append(append([]string{}, prefix...), agentBin, "run", "-c", s.cfg)
+	return s.spawnBin(agentBin, env, prefix...)
+}
+
+// spawnBin runs `bin run` (wrapped in prefix, if any); the test's cleanup
+// stops it with SIGTERM, then SIGKILL, and prints its log if the test failed.
+func (s *setup) spawnBin(bin string, env []string, prefix ...string) *agentProc {
+	s.t.Helper()
+	argv := append(append([]string{}, prefix...), bin, "run", "-c", s.cfg)
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Env = append(os.Environ(), env...)
 	p := &agentProc{t: s.t, cmd: cmd, done: make(chan struct{}), stderr: &bytes.Buffer{}, mu: &sync.Mutex{}}

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"net"
@@ -11,7 +10,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -65,31 +63,7 @@ func relink(t *testing.T, target, link string) {
 // spawnAt runs `agent run` from bin and waits until it answers.
 func (s *setup) spawnAt(bin string, env []string) *agentProc {
 	s.t.Helper()
-	cmd := exec.Command(bin, "run", "-c", s.cfg)
-	cmd.Env = append(os.Environ(), env...)
-	p := &agentProc{t: s.t, cmd: cmd, done: make(chan struct{}), stderr: &bytes.Buffer{}, mu: &sync.Mutex{}}
-	cmd.Stdout = lockedBuf{p.mu, p.stderr}
-	cmd.Stderr = lockedBuf{p.mu, p.stderr}
-	if err := cmd.Start(); err != nil {
-		s.t.Fatal(err)
-	}
-	go func() { p.err = cmd.Wait(); close(p.done) }()
-	s.t.Cleanup(func() {
-		select {
-		case <-p.done:
-		default:
-			cmd.Process.Signal(syscall.SIGTERM)
-			select {
-			case <-p.done:
-			case <-time.After(20 * time.Second):
-				cmd.Process.Kill()
-				<-p.done
-			}
-		}
-		if s.t.Failed() {
-			s.t.Logf("agent log:\n%s", p.log())
-		}
-	})
+	p := s.spawnBin(bin, env)
 	s.waitUp(p)
 	return p
 }
