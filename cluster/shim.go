@@ -46,6 +46,7 @@ func RunShimIfRequested() {
 		os.Exit(runShim(os.Args[1:]))
 	case shimWatchdog:
 		os.Unsetenv(shimEnv)
+		shedStartupMemory()
 		os.Exit(runWatchdog())
 	}
 }
