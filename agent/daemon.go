@@ -131,11 +131,13 @@ func runDaemon(cfg *Config, log *slog.Logger) int {
 	socks, err := d.openSockets(specs)
 	if err != nil {
 		// An address in use or not bindable is a config error: name its line.
-		for _, l := range cfg.Listen {
-			if l.Address != "" && strings.HasPrefix(err.Error(), fmt.Sprintf("open socket %q:", l.Name)) &&
-				(errors.Is(err, syscall.EADDRINUSE) || errors.Is(err, syscall.EADDRNOTAVAIL) || errors.Is(err, syscall.EACCES)) {
-				fmt.Fprintf(os.Stderr, "%s:%d:%d: listen.address: %v\n", cfg.Path, l.Pos.Line, l.Pos.Col, err)
-				return exitUsage
+		var se *cluster.SocketError
+		if errors.As(err, &se) && (errors.Is(err, syscall.EADDRINUSE) || errors.Is(err, syscall.EADDRNOTAVAIL) || errors.Is(err, syscall.EACCES)) {
+			for _, l := range cfg.Listen {
+				if l.Name == se.Name && l.Address != "" {
+					fmt.Fprintf(os.Stderr, "%s:%d:%d: listen.address: %v\n", cfg.Path, l.Pos.Line, l.Pos.Col, err)
+					return exitUsage
+				}
 			}
 		}
 		// Nothing to listen on (no [[listen]] and no socket from systemd) or a

@@ -30,6 +30,17 @@ var (
 	ErrNoSockets = errors.New("no sockets configured or inherited")
 )
 
+// SocketError is a listening socket that could not be bound: which one (the
+// ListenSpec's name) and why, so a caller can point at its configuration.
+type SocketError struct {
+	Name string
+	Err  error
+}
+
+func (e *SocketError) Error() string { return fmt.Sprintf("open socket %q: %v", e.Name, e.Err) }
+
+func (e *SocketError) Unwrap() error { return e.Err }
+
 // Verdicts: the one-line reason a worker failed, where the master can tell.
 const (
 	VerdictOwnPort      = "bound its own port instead of using LISTEN_FDS"

@@ -150,12 +150,12 @@ func (s *Sockets) bind(sp ListenSpec) error {
 			return fmt.Errorf("open socket %q: %w: empty unix path", sp.Name, ErrInvalidSpec)
 		}
 		if err := removeStaleUnix(addr); err != nil {
-			return fmt.Errorf("open socket %q: %w", sp.Name, err)
+			return &SocketError{Name: sp.Name, Err: err}
 		}
 	}
 	l, err := net.Listen(network, addr)
 	if err != nil {
-		return fmt.Errorf("open socket %q: %w", sp.Name, err)
+		return &SocketError{Name: sp.Name, Err: err}
 	}
 	var f *os.File
 	var a string
@@ -174,7 +174,7 @@ func (s *Sockets) bind(sp ListenSpec) error {
 		f, err = plainFile(f, sp.Name)
 	}
 	if err != nil {
-		return fmt.Errorf("open socket %q: %w", sp.Name, err)
+		return &SocketError{Name: sp.Name, Err: err}
 	}
 	if err := s.add(sp.Name, a, f); err != nil {
 		return err
