@@ -6,6 +6,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/handoff/handoff/internal/proctest"
 )
 
 type syncBuf struct {
@@ -60,7 +62,7 @@ func TestRenderer_terminal(t *testing.T) {
 	for _, m := range events() {
 		r.event(m)
 	}
-	waitFor(t, 5*time.Second, "the ticker to redraw", func() bool { return strings.Contains(buf.String(), "\r\033[K/ ") })
+	proctest.WaitFor(t, 5*time.Second, "the ticker to redraw", func() bool { return strings.Contains(buf.String(), "\r\033[K/ ") })
 	r.close()
 	got := buf.String()
 	for _, w := range []string{"[===============               ] 50 B / 100 B", "generation 2: 1/2 workers ready", "\r\033[K", "    | added 3 packages\n"} {

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/handoff/handoff/loadgen"
+
+	"github.com/handoff/handoff/internal/proctest"
 )
 
 // notifyListener is a real sd_notify socket, as systemd gives a Type=notify
@@ -145,12 +147,12 @@ func TestE2E_deployRollbackFailUnderLoad(t *testing.T) {
 		t.Errorf("current -> %q, %v; want releases/v1", link, err)
 	}
 	addr := s.appAddr()
-	if got := get(t, addr); got != "hello from v1" {
+	if got := proctest.Get(t, addr); got != "hello from v1" {
 		t.Fatalf("v1 serves %q", got)
 	}
 
 	load := startLoad(t, addr)
-	waitFor(t, 10*time.Second, "load to get answers", func() bool { return load.Snapshot().OK > 20 })
+	proctest.WaitFor(t, 10*time.Second, "load to get answers", func() bool { return load.Snapshot().OK > 20 })
 	snap := checkLoad(t, "before deploy", load, nil)
 
 	// Deploy v2 with the JSON event stream.
@@ -172,7 +174,7 @@ func TestE2E_deployRollbackFailUnderLoad(t *testing.T) {
 		}
 	}
 	for i := 0; i < 5; i++ { // once deploy exits 0, every new connection gets v2
-		if got := get(t, addr); got != "hello from v2" {
+		if got := proctest.Get(t, addr); got != "hello from v2" {
 			t.Fatalf("after deploy v2, a new connection got %q", got)
 		}
 	}
@@ -192,7 +194,7 @@ func TestE2E_deployRollbackFailUnderLoad(t *testing.T) {
 	if link, _ := os.Readlink(filepath.Join(s.root, "current")); link != "releases/v2" {
 		t.Errorf("after the failed deploy current -> %q", link)
 	}
-	if got := get(t, addr); got != "hello from v2" {
+	if got := proctest.Get(t, addr); got != "hello from v2" {
 		t.Errorf("after the failed deploy a new connection got %q", got)
 	}
 	snap = checkLoad(t, "failed deploy v3", load, snap)
@@ -201,13 +203,13 @@ func TestE2E_deployRollbackFailUnderLoad(t *testing.T) {
 	if !strings.Contains(r.stdout, "rolled back to v1") {
 		t.Errorf("rollback output: %v", r)
 	}
-	if got := get(t, addr); got != "hello from v1" {
+	if got := proctest.Get(t, addr); got != "hello from v1" {
 		t.Errorf("after rollback a new connection got %q", got)
 	}
 	snap = checkLoad(t, "rollback to v1", load, snap)
 
 	r = s.mustDo("rollback", "--to", "v2")
-	if got := get(t, addr); got != "hello from v2" {
+	if got := proctest.Get(t, addr); got != "hello from v2" {
 		t.Errorf("after rollback --to v2 a new connection got %q", got)
 	}
 	if r := s.do("rollback", "--to", "nope"); r.code != 1 || !strings.Contains(r.stderr, "release nope is not on disk") {
@@ -215,7 +217,7 @@ func TestE2E_deployRollbackFailUnderLoad(t *testing.T) {
 	}
 	s.mustDo("reload")
 	p.cmd.Process.Signal(syscall.SIGHUP)
-	waitFor(t, 30*time.Second, "the SIGHUP reload in history", func() bool {
+	proctest.WaitFor(t, 30*time.Second, "the SIGHUP reload in history", func() bool {
 		h := s.status().LastDeploys
 		n := 0
 		for _, e := range h {

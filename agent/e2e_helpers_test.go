@@ -385,20 +385,6 @@ func (s *setup) appAddr() string {
 	return strings.TrimPrefix(st.Listen[0], "tcp:")
 }
 
-// get fetches / on a fresh connection and returns the body.
-func get(t *testing.T, addr string) string {
-	t.Helper()
-	c := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
-	resp, err := c.Get("http://" + addr + "/")
-	if err != nil {
-		t.Fatalf("GET %s: %v", addr, err)
-	}
-	defer resp.Body.Close()
-	var b bytes.Buffer
-	b.ReadFrom(resp.Body)
-	return strings.TrimSpace(b.String())
-}
-
 // alive reports whether pid runs (not a zombie).
 func alive(pid int) bool {
 	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
@@ -407,18 +393,6 @@ func alive(pid int) bool {
 	}
 	f := strings.Fields(string(b)[strings.LastIndexByte(string(b), ')')+1:])
 	return len(f) > 0 && f[0] != "Z"
-}
-
-// waitFor polls cond until it holds or d passes.
-func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", d, what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
 }
 
 func freePort(t *testing.T) int {

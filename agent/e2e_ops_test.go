@@ -9,6 +9,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/handoff/handoff/internal/proctest"
 )
 
 // bgCLI is a client command running in the background.
@@ -82,7 +84,7 @@ on-failure = [["sh", "-c", "echo \"$DEPLOY_OP $DEPLOY_RELEASE_ID $DEPLOY_PREVIOU
 
 	// A deploy held in its pre-activate hook; its client goes away.
 	held := s.background("deploy", "-c", s.cfg, "--id", "slow", slow)
-	waitFor(t, 30*time.Second, "deploy slow to run", func() bool {
+	proctest.WaitFor(t, 30*time.Second, "deploy slow to run", func() bool {
 		st := s.status()
 		return st.Running != nil && st.Running.ID == "slow"
 	})
@@ -100,7 +102,7 @@ on-failure = [["sh", "-c", "echo \"$DEPLOY_OP $DEPLOY_RELEASE_ID $DEPLOY_PREVIOU
 		t.Errorf("reload during a deploy: want exit 4, got %v", r)
 	}
 	waitA := s.background("deploy", "-c", s.cfg, "--wait", "--id", "a", a)
-	waitFor(t, 30*time.Second, "deploy a to queue", func() bool {
+	proctest.WaitFor(t, 30*time.Second, "deploy a to queue", func() bool {
 		st := s.status()
 		return st.Waiting != nil && st.Waiting.ID == "a"
 	})
@@ -116,7 +118,7 @@ on-failure = [["sh", "-c", "echo \"$DEPLOY_OP $DEPLOY_RELEASE_ID $DEPLOY_PREVIOU
 	if rb.code != 0 || !strings.Contains(rb.stdout, "waiting for deploy slow") || !strings.Contains(rb.stdout, "deployed b") {
 		t.Errorf("newest waiter: %v", rb)
 	}
-	if got := get(t, addr); got != "hello from b" {
+	if got := proctest.Get(t, addr); got != "hello from b" {
 		t.Errorf("after the queued deploy: %q", got)
 	}
 	var ops []string
@@ -146,7 +148,7 @@ on-failure = [["sh", "-c", "echo \"$DEPLOY_OP $DEPLOY_RELEASE_ID $DEPLOY_PREVIOU
 		!strings.Contains(r.stderr, "restored: current is b again") {
 		t.Errorf("post-deploy failure: %v", r)
 	}
-	if got := get(t, addr); got != "hello from b" {
+	if got := proctest.Get(t, addr); got != "hello from b" {
 		t.Errorf("after the post-deploy rollback: %q", got)
 	}
 	if link, _ := os.Readlink(filepath.Join(s.root, "current")); link != "releases/b" {
@@ -218,7 +220,7 @@ func TestE2E_restartAndStaleSocket(t *testing.T) {
 	// client cannot know the outcome, exit 3.
 	held := s.background("deploy", "-c", s.cfg, "--id", "held", s.art.app(t, "held", map[string]file{
 		".deploy/hooks/pre-activate": {mode: 0o755, body: "#!/bin/sh\necho holding\nexec sleep 60\n"}}))
-	waitFor(t, 30*time.Second, "deploy held to run its hook", func() bool {
+	proctest.WaitFor(t, 30*time.Second, "deploy held to run its hook", func() bool {
 		return strings.Contains(p.log(), `msg="Hook output" stage=pre-activate command=./.deploy/hooks/pre-activate line=holding`)
 	})
 	p.cmd.Process.Signal(syscall.SIGKILL)
@@ -227,17 +229,17 @@ func TestE2E_restartAndStaleSocket(t *testing.T) {
 		t.Errorf("client of a deploy whose agent died: want exit 3, got %v", r)
 	}
 	for _, pid := range pids {
-		waitFor(t, 10*time.Second, "workers to die with the agent", func() bool { return !alive(pid) })
+		proctest.WaitFor(t, 10*time.Second, "workers to die with the agent", func() bool { return !alive(pid) })
 	}
 	if _, err := os.Stat(s.sock); err != nil {
 		t.Fatalf("a killed agent leaves its socket file: %v", err)
 	}
 	p2 := s.start(nil)
-	waitFor(t, 30*time.Second, "the first generation from current", func() bool {
+	proctest.WaitFor(t, 30*time.Second, "the first generation from current", func() bool {
 		st := s.status()
 		return len(st.Generations) == 1 && st.Generations[0].State == "serving" && st.Current == "v1"
 	})
-	if got := get(t, s.appAddr()); got != "hello from v1" {
+	if got := proctest.Get(t, s.appAddr()); got != "hello from v1" {
 		t.Errorf("restarted agent serves %q", got)
 	}
 	if !strings.Contains(p2.log(), "Replacing stale control socket") {
@@ -255,7 +257,7 @@ func TestE2E_restartAndStaleSocket(t *testing.T) {
 	if r := cliIn(t, s.dir, nil, "deploy", "-c", s.cfg, "--id", "local", "build/app"); r.code != 0 {
 		t.Fatalf("deploy of a relative local directory: %v", r)
 	}
-	if got := get(t, s.appAddr()); got != "hello from local" {
+	if got := proctest.Get(t, s.appAddr()); got != "hello from local" {
 		t.Errorf("local release serves %q", got)
 	}
 }

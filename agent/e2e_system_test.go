@@ -11,6 +11,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/handoff/handoff/internal/proctest"
 )
 
 // TestE2E_permissionRefusal runs clients as other uids (setpriv): the
@@ -119,7 +121,7 @@ func TestE2E_socketActivation(t *testing.T) {
 	case <-time.After(30 * time.Second):
 		t.Fatal("the queued first request was never answered")
 	}
-	if got := get(t, addr); got != "hello from v1" {
+	if got := proctest.Get(t, addr); got != "hello from v1" {
 		t.Errorf("GET: %q", got)
 	}
 	p.cmd.Process.Signal(syscall.SIGTERM)
@@ -161,21 +163,21 @@ func TestE2E_goWorkerNotify(t *testing.T) {
 	s.start(nil)
 	s.mustDo("deploy", "--id", "g1", g1)
 	addr := s.appAddr()
-	if got := get(t, addr); got != "hello from g1" {
+	if got := proctest.Get(t, addr); got != "hello from g1" {
 		t.Fatalf("g1 serves %q", got)
 	}
 	load := startLoad(t, addr)
-	waitFor(t, 10*time.Second, "load to get answers", func() bool { return load.Snapshot().OK > 20 })
+	proctest.WaitFor(t, 10*time.Second, "load to get answers", func() bool { return load.Snapshot().OK > 20 })
 	snap := checkLoad(t, "before deploy", load, nil)
 	if r := s.mustDo("deploy", "--id", "g2", g2); !strings.Contains(r.stdout, "readiness notify") {
 		t.Errorf("deploy output: %v", r)
 	}
-	if got := get(t, addr); got != "hello from g2" {
+	if got := proctest.Get(t, addr); got != "hello from g2" {
 		t.Errorf("after deploy g2: %q", got)
 	}
 	snap = checkLoad(t, "deploy g2", load, snap)
 	s.mustDo("rollback")
-	if got := get(t, addr); got != "hello from g1" {
+	if got := proctest.Get(t, addr); got != "hello from g1" {
 		t.Errorf("after rollback: %q", got)
 	}
 	checkLoad(t, "rollback to g1", load, snap)

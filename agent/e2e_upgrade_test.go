@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"github.com/handoff/handoff/loadgen"
+
+	"github.com/handoff/handoff/internal/proctest"
 )
 
 // upgradedVersion is the version string of the "new" agent binary.
@@ -73,7 +75,7 @@ func (s *setup) spawnAt(bin string, env []string) *agentProc {
 func (s *setup) statusWhen(what string, cond func(*StatusDoc) bool) *StatusDoc {
 	s.t.Helper()
 	var st *StatusDoc
-	waitFor(s.t, 30*time.Second, what, func() bool {
+	proctest.WaitFor(s.t, 30*time.Second, what, func() bool {
 		r := s.do("status", "--json")
 		if r.code != 0 {
 			return false
@@ -156,13 +158,13 @@ func TestE2E_upgradeInPlace(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { fresh.Stop() })
-	waitFor(t, 10*time.Second, "load", func() bool { return keep.Snapshot().OK > 20 && fresh.Snapshot().OK > 20 })
+	proctest.WaitFor(t, 10*time.Second, "load", func() bool { return keep.Snapshot().OK > 20 && fresh.Snapshot().OK > 20 })
 	k0, f0 := checkLoad(t, "before", keep, nil), checkLoad(t, "before (new connections)", fresh, nil)
 
 	// Not an agent at the path: refused, nothing changes.
 	relink(t, notAgent, bin)
 	p.cmd.Process.Signal(syscall.SIGUSR2)
-	waitFor(t, 20*time.Second, "the refused upgrade in the log", func() bool {
+	proctest.WaitFor(t, 20*time.Second, "the refused upgrade in the log", func() bool {
 		return strings.Contains(p.log(), "Upgrade refused or failed")
 	})
 	if !strings.Contains(p.log(), "new binary cannot take over") {
@@ -190,7 +192,7 @@ func TestE2E_upgradeInPlace(t *testing.T) {
 		t.Errorf("after the upgrade: %+v (before %+v)", after, before)
 	}
 	n.expect(t, "READY=1")
-	waitFor(t, 10*time.Second, "load after the upgrade", func() bool {
+	proctest.WaitFor(t, 10*time.Second, "load after the upgrade", func() bool {
 		return keep.Snapshot().OK > k0.OK+20 && fresh.Snapshot().OK > f0.OK+20
 	})
 	k1 := checkLoad(t, "upgrade", keep, k0)
@@ -202,7 +204,7 @@ func TestE2E_upgradeInPlace(t *testing.T) {
 	if !strings.Contains(r.stdout, "deployed v2") {
 		t.Errorf("deploy after the upgrade: %v", r)
 	}
-	if got := get(t, addr); got != "hello from v2" {
+	if got := proctest.Get(t, addr); got != "hello from v2" {
 		t.Errorf("after deploying v2: %q", got)
 	}
 	checkLoad(t, "deploy after the upgrade", keep, k1)
@@ -228,7 +230,7 @@ func TestE2E_upgradeInPlace(t *testing.T) {
 	}
 	p.cmd.Process.Signal(syscall.SIGKILL)
 	p.wait(10 * time.Second)
-	waitFor(t, 2*time.Second, "every child of the killed agent gone", func() bool {
+	proctest.WaitFor(t, 2*time.Second, "every child of the killed agent gone", func() bool {
 		for _, pid := range kids {
 			if alive(pid) {
 				return false
@@ -236,7 +238,7 @@ func TestE2E_upgradeInPlace(t *testing.T) {
 		}
 		return true
 	})
-	waitFor(t, 2*time.Second, "the port free", func() bool {
+	proctest.WaitFor(t, 2*time.Second, "the port free", func() bool {
 		l, err := net.Listen("tcp", addr)
 		if err == nil {
 			l.Close()

@@ -26,6 +26,8 @@ import (
 	"time"
 
 	"github.com/handoff/handoff/loadgen"
+
+	"github.com/handoff/handoff/internal/proctest"
 )
 
 // gatedApp is the example Node server behind a preamble: it listens only
@@ -284,10 +286,20 @@ func startLoadOpts(t *testing.T, o loadgen.Options) *loadgen.Run {
 }
 
 // waitServed waits until load has more OK answers than now.
+// loadApp starts keep-alive load on the app's address, waits until it is
+// answered, and returns the address, the load and the totals at that point.
+func (s *setup) loadApp() (string, *loadgen.Run, *loadgen.Result) {
+	s.t.Helper()
+	addr := s.appAddr()
+	load := startLoad(s.t, addr)
+	waitServed(s.t, load, 20)
+	return addr, load, load.Snapshot()
+}
+
 func waitServed(t *testing.T, run *loadgen.Run, more int64) {
 	t.Helper()
 	base := run.Snapshot().OK
-	waitFor(t, 30*time.Second, fmt.Sprintf("%d more answers under load", more), func() bool { return run.Snapshot().OK >= base+more })
+	proctest.WaitFor(t, 30*time.Second, fmt.Sprintf("%d more answers under load", more), func() bool { return run.Snapshot().OK >= base+more })
 }
 
 // httpGetStatus does one GET on a fresh connection and returns the status
@@ -344,7 +356,7 @@ func rootSnapshot(t *testing.T, root string) string {
 // waitSocket waits until an agent answers on the control socket.
 func (s *setup) waitSocket() {
 	s.t.Helper()
-	waitFor(s.t, 30*time.Second, "the agent's control socket", func() bool {
+	proctest.WaitFor(s.t, 30*time.Second, "the agent's control socket", func() bool {
 		res, err := call(s.sock, Request{Op: opPing}, nil)
 		return err == nil && res.Code == codeOK
 	})

@@ -21,6 +21,8 @@ import (
 
 	"github.com/handoff/handoff/loadgen"
 	"github.com/handoff/handoff/release"
+
+	"github.com/handoff/handoff/internal/proctest"
 )
 
 // socketUnit is a stand-in for a systemd .socket unit with a Restart=always
@@ -78,7 +80,7 @@ done`
 		}
 	})
 	// systemd-socket-activate starts the service on the first connection.
-	waitFor(s.t, 10*time.Second, "systemd-socket-activate to listen", func() bool {
+	proctest.WaitFor(s.t, 10*time.Second, "systemd-socket-activate to listen", func() bool {
 		c, err := net.Dial("tcp", addr)
 		if err == nil {
 			c.Close()
@@ -261,7 +263,7 @@ kill $!`
 	switch stage {
 	case "downloading":
 		<-stalled.sent
-		waitFor(t, 30*time.Second, "half the archive in .incoming", func() bool {
+		proctest.WaitFor(t, 30*time.Second, "half the archive in .incoming", func() bool {
 			m, _ := filepath.Glob(filepath.Join(s.root, "releases", ".incoming", "*", "download", "*"))
 			for _, p := range m {
 				if fi, err := os.Stat(p); err == nil && fi.Size() > 0 {
@@ -271,12 +273,12 @@ kill $!`
 			return false
 		})
 	case "unpacking":
-		waitFor(t, 60*time.Second, "unpacking to start", func() bool {
+		proctest.WaitFor(t, 60*time.Second, "unpacking to start", func() bool {
 			m, _ := filepath.Glob(filepath.Join(s.root, "releases", ".incoming", "*", "tree", "0-first"))
 			return len(m) > 0
 		})
 	case "pre-activate":
-		waitFor(t, 30*time.Second, "the pre-activate hook to start", func() bool { _, err := os.Stat(hookStarted); return err == nil })
+		proctest.WaitFor(t, 30*time.Second, "the pre-activate hook to start", func() bool { _, err := os.Stat(hookStarted); return err == nil })
 	case "swapped":
 		d.waitEvent("the swap", 30*time.Second, func(m Message) bool { return m.Stage == "activate" && m.Kind == "done" })
 	case "readiness", "readiness-broken":
@@ -318,14 +320,14 @@ kill $!`
 		}
 	}
 	for _, pid := range append(oldPIDs, newPIDs...) {
-		waitFor(t, 10*time.Second, "worker "+strconv.Itoa(pid)+" of the killed agent to die", func() bool { return !alive(pid) })
+		proctest.WaitFor(t, 10*time.Second, "worker "+strconv.Itoa(pid)+" of the killed agent to die", func() bool { return !alive(pid) })
 	}
 	if stage == "pre-activate" {
 		var hookPID, childPID int
 		if _, err := fmtSscan(mustRead(t, hookPIDs), &hookPID, &childPID); err != nil {
 			t.Fatal(err)
 		}
-		waitFor(t, 10*time.Second, "the pre-activate hook to die with the agent", func() bool { return !alive(hookPID) })
+		proctest.WaitFor(t, 10*time.Second, "the pre-activate hook to die with the agent", func() bool { return !alive(hookPID) })
 		// KNOWN GAP (hooks/, reported): a hook's descendants have no
 		// Pdeathsig and no watchdog, so they outlive a killed agent.
 		if alive(childPID) {
@@ -336,10 +338,10 @@ kill $!`
 
 	// Restart.
 	if mode == "by-hand" {
-		waitFor(t, 10*time.Second, "the port to be free (no orphan holding it)", func() bool { return listenInode(t, port) == "" })
+		proctest.WaitFor(t, 10*time.Second, "the port to be free (no orphan holding it)", func() bool { return listenInode(t, port) == "" })
 		s.start(nil)
 	} else {
-		waitFor(t, 30*time.Second, "the socket unit to restart the agent", func() bool {
+		proctest.WaitFor(t, 30*time.Second, "the socket unit to restart the agent", func() bool {
 			pid := unit.agentPID()
 			return pid != 0 && pid != agentPID && alive(pid)
 		})
@@ -352,7 +354,7 @@ kill $!`
 		want = "v2"
 	}
 	var cur *StatusDoc
-	waitFor(t, 60*time.Second, "one generation serving after the restart", func() bool {
+	proctest.WaitFor(t, 60*time.Second, "one generation serving after the restart", func() bool {
 		cur = s.status()
 		if len(cur.Generations) != 1 || cur.Generations[0].State != "serving" || cur.Running != nil {
 			return false

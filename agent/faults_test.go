@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/handoff/handoff/internal/proctest"
 )
 
 // TestFaults_diskFullWhileUnpacking uses a 2 MiB tmpfs as the release root
@@ -43,10 +45,7 @@ func TestFaults_diskFullWhileUnpacking(t *testing.T) {
 
 	s.start(nil)
 	s.mustDo("deploy", "--id", "v1", v1)
-	addr := s.appAddr()
-	load := startLoad(t, addr)
-	waitServed(t, load, 20)
-	snap := load.Snapshot()
+	addr, load, snap := s.loadApp()
 	before := rootSnapshot(t, s.root)
 
 	r := s.do("deploy", "--id", "big", big)
@@ -61,13 +60,13 @@ func TestFaults_diskFullWhileUnpacking(t *testing.T) {
 	if after := rootSnapshot(t, s.root); after != before {
 		t.Errorf("the root changed:\nbefore:\n%s\nafter:\n%s", before, after)
 	}
-	if got := get(t, addr); got != "hello from v1" {
+	if got := proctest.Get(t, addr); got != "hello from v1" {
 		t.Errorf("after the failed deploy: %q", got)
 	}
 	snap = checkLoad(t, "disk full", load, snap)
 	// The space came back: the next deploy fits.
 	s.mustDo("deploy", "--id", "v2", v2)
-	if got := get(t, addr); got != "hello from v2" {
+	if got := proctest.Get(t, addr); got != "hello from v2" {
 		t.Errorf("after the next deploy: %q", got)
 	}
 	checkLoad(t, "deploy after disk full", load, snap)
@@ -90,10 +89,7 @@ func TestFaults_hookTimeouts(t *testing.T) {
 
 	s.start(nil)
 	s.mustDo("deploy", "--id", "v1", v1)
-	addr := s.appAddr()
-	load := startLoad(t, addr)
-	waitServed(t, load, 20)
-	snap := load.Snapshot()
+	addr, load, snap := s.loadApp()
 	before := rootSnapshot(t, s.root)
 
 	hookPIDs := func() []int {
@@ -141,7 +137,7 @@ func TestFaults_hookTimeouts(t *testing.T) {
 	if len(st.Generations) != 1 || st.Generations[0].ReleaseID != "v1" {
 		t.Errorf("after the rollback: %+v", st.Generations)
 	}
-	if got := get(t, addr); got != "hello from v1" {
+	if got := proctest.Get(t, addr); got != "hello from v1" {
 		t.Errorf("after the rollback: %q", got)
 	}
 	if h := st.LastDeploys; h[len(h)-1].ID != "stubborn-post" || h[len(h)-1].Result != "rolled-back" {
@@ -244,13 +240,13 @@ __fs.appendFileSync(`+strconv.Quote(grandPIDs)+`, __gc.pid + '\n');
 	st := s.status()
 	killPID(t, st.Generations[0].Workers[0].PID)
 	var w WorkerDoc
-	waitFor(t, 20*time.Second, "worker 0 in backoff after 3 restarts", func() bool {
+	proctest.WaitFor(t, 20*time.Second, "worker 0 in backoff after 3 restarts", func() bool {
 		w = s.status().Generations[0].Workers[0]
 		return w.State == "backoff" && w.Restarts >= 3
 	})
 	cpu0, t0 := readProc(t, agentPID), time.Now()
 	r0 := w.Restarts
-	waitFor(t, 20*time.Second, "two more restarts", func() bool {
+	proctest.WaitFor(t, 20*time.Second, "two more restarts", func() bool {
 		w = s.status().Generations[0].Workers[0]
 		return w.Restarts >= r0+2
 	})
@@ -265,7 +261,7 @@ __fs.appendFileSync(`+strconv.Quote(grandPIDs)+`, __gc.pid + '\n');
 		t.Errorf("human status does not show the backoff:\n%s", r.stdout)
 	}
 	os.Remove(crash)
-	waitFor(t, 20*time.Second, "worker 0 to recover", func() bool {
+	proctest.WaitFor(t, 20*time.Second, "worker 0 to recover", func() bool {
 		return s.status().Generations[0].Workers[0].State == "ready"
 	})
 	checkLoad(t, "crash loop", load, snap)
@@ -288,10 +284,7 @@ func TestFaults_busy(t *testing.T) {
 	p := s.start(nil)
 	s.mustDo("deploy", "--id", "v1", v1)
 	s.mustDo("deploy", "--id", "v2", v2)
-	addr := s.appAddr()
-	load := startLoad(t, addr)
-	waitServed(t, load, 20)
-	snap := load.Snapshot()
+	addr, load, snap := s.loadApp()
 
 	// The rollback to v1 waits for v1's workers, which wait for the gate.
 	os.Remove(gate)
@@ -320,7 +313,7 @@ func TestFaults_busy(t *testing.T) {
 	if res, code := dp.result(30 * time.Second); code != 0 || res.ID != "v3" {
 		t.Errorf("the first deploy: %d %+v", code, res)
 	}
-	if got := get(t, addr); got != "hello from v3" {
+	if got := proctest.Get(t, addr); got != "hello from v3" {
 		t.Errorf("after both: %q", got)
 	}
 	var ops []string

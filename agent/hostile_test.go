@@ -17,6 +17,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/handoff/handoff/internal/proctest"
 )
 
 // rawEntry is one tar entry written as is (hostile archives).
@@ -146,10 +148,7 @@ timeout = "3s"
 
 	p := s.start(nil)
 	s.mustDo("deploy", "--id", "v1", v1)
-	addr := s.appAddr()
-	load := startLoad(t, addr)
-	waitServed(t, load, 20)
-	snap := load.Snapshot()
+	addr, load, snap := s.loadApp()
 	before := rootSnapshot(t, s.root)
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -169,7 +168,7 @@ timeout = "3s"
 			}
 		})
 	}
-	if got := get(t, addr); got != "hello from v1" {
+	if got := proctest.Get(t, addr); got != "hello from v1" {
 		t.Errorf("after the hostile deploys: %q", got)
 	}
 	h := s.status().LastDeploys
@@ -214,10 +213,7 @@ func TestHostile_configRefused(t *testing.T) {
 	v1 := s.art.app(t, "v1", nil)
 	s.start(nil)
 	s.mustDo("deploy", "--id", "v1", v1)
-	addr := s.appAddr()
-	load := startLoad(t, addr)
-	waitServed(t, load, 20)
-	snap := load.Snapshot()
+	addr, load, snap := s.loadApp()
 	pid := s.status().PID
 	before := rootSnapshot(t, s.root)
 
@@ -313,7 +309,7 @@ func TestHostile_controlSocket(t *testing.T) {
 		defer c.Close()
 		conns[i] = c
 	}
-	waitFor(t, 10*time.Second, "the silent connections to be accepted", func() bool { return readProc(t, pid).fds >= base.fds+silent })
+	proctest.WaitFor(t, 10*time.Second, "the silent connections to be accepted", func() bool { return readProc(t, pid).fds >= base.fds+silent })
 	held := readProc(t, pid)
 	// The agent serves others meanwhile.
 	if st := s.status(); st.PID != pid {
@@ -326,7 +322,7 @@ func TestHostile_controlSocket(t *testing.T) {
 			t.Errorf("silent client %d got %q", i, b)
 		}
 	}
-	waitFor(t, 10*time.Second, "the agent's fds to return to their baseline", func() bool { return readProc(t, pid).fds <= base.fds })
+	proctest.WaitFor(t, 10*time.Second, "the agent's fds to return to their baseline", func() bool { return readProc(t, pid).fds <= base.fds })
 	after := readProc(t, pid)
 	t.Logf("agent fds %d -> %d with %d silent clients -> %d; threads %d -> %d -> %d", base.fds, held.fds, silent, after.fds, base.threads, held.threads, after.threads)
 	if after.threads > base.threads+4 {

@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/handoff/handoff/loadgen"
+
+	"github.com/handoff/handoff/internal/proctest"
 )
 
 // soakDeploys is how many deploys TestSoak_deploys runs in a row.
@@ -66,7 +68,7 @@ func TestSoak_deploys(t *testing.T) {
 	if res.FailedTotal != 0 || res.OK == 0 {
 		t.Errorf("load over the soak: %s", res)
 	}
-	if got := get(t, addr); got != "hello from s"+strconv.Itoa(soakDeploys) {
+	if got := proctest.Get(t, addr); got != "hello from s"+strconv.Itoa(soakDeploys) {
 		t.Errorf("after the soak: %q", got)
 	}
 	if after.fds > before.fds+2 {

@@ -70,30 +70,7 @@ func TestMaster_KillMinus9(t *testing.T) {
 			killed := time.Now()
 			cmd.Process.Signal(syscall.SIGKILL)
 			cmd.Wait()
-			if !waitFor(time.Second, func() bool {
-				for _, pid := range tree {
-					if pidAlive(pid) {
-						return false
-					}
-				}
-				return true
-			}) {
-				for _, pid := range tree {
-					if pidAlive(pid) {
-						t.Errorf("pid %d alive 1s after the master died", pid)
-						syscall.Kill(pid, syscall.SIGKILL)
-					}
-				}
-			}
-			gone := time.Since(killed)
-			var l net.Listener
-			if !waitFor(time.Second, func() bool {
-				l, err = net.Listen("tcp", info.Addr)
-				return err == nil
-			}) {
-				t.Fatalf("port %s not free: %v", info.Addr, err)
-			}
-			l.Close()
+			gone := expectGoneAndPortFree(t, tree, info.Addr, "the master died").Sub(killed)
 			t.Logf("%d processes gone %s after kill -9 of the master", len(tree), gone.Round(time.Millisecond))
 		})
 	}
@@ -204,4 +181,37 @@ func TestMaster_ShutdownDeadline(t *testing.T) {
 	if _, err := os.Stat(h.m.notifyDir); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("notify dir left: %v", err)
 	}
+}
+
+// expectGoneAndPortFree waits up to a second for every pid of tree to be gone
+// (killing and reporting any left) and for addr to be bindable again; it
+// returns when the tree was seen gone.
+func expectGoneAndPortFree(t *testing.T, tree []int, addr, after string) time.Time {
+	t.Helper()
+	if !waitFor(time.Second, func() bool {
+		for _, pid := range tree {
+			if pidAlive(pid) {
+				return false
+			}
+		}
+		return true
+	}) {
+		for _, pid := range tree {
+			if pidAlive(pid) {
+				t.Errorf("pid %d alive 1s after %s", pid, after)
+				syscall.Kill(pid, syscall.SIGKILL)
+			}
+		}
+	}
+	gone := time.Now()
+	var l net.Listener
+	var err error
+	if !waitFor(time.Second, func() bool {
+		l, err = net.Listen("tcp", addr)
+		return err == nil
+	}) {
+		t.Fatalf("port %s not free: %v", addr, err)
+	}
+	l.Close()
+	return gone
 }

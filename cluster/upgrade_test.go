@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -347,30 +346,7 @@ func testUpgrade(t *testing.T, env ...string) {
 	}
 	u.cmd.Process.Signal(syscall.SIGKILL)
 	u.cmd.Wait()
-	if !waitFor(time.Second, func() bool {
-		for _, pid := range tree {
-			if pidAlive(pid) {
-				return false
-			}
-		}
-		return true
-	}) {
-		for _, pid := range tree {
-			if pidAlive(pid) {
-				t.Errorf("pid %d alive 1s after kill -9 of the upgraded master", pid)
-				syscall.Kill(pid, syscall.SIGKILL)
-			}
-		}
-	}
-	var l net.Listener
-	var err error
-	if !waitFor(time.Second, func() bool {
-		l, err = net.Listen("tcp", info.Addr)
-		return err == nil
-	}) {
-		t.Fatalf("port %s not free: %v", info.Addr, err)
-	}
-	l.Close()
+	expectGoneAndPortFree(t, tree, info.Addr, "kill -9 of the upgraded master")
 }
 
 // Resume in a process that was not upgraded.

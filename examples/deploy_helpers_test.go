@@ -27,6 +27,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/handoff/handoff/internal/proctest"
 )
 
 var (
@@ -197,7 +199,7 @@ type agentRun struct {
 	cfg  string
 	sock string
 	cmd  *exec.Cmd
-	out  *syncBuffer
+	out  *proctest.SyncBuffer
 	done chan struct{}
 	err  error // Wait's result, set before done is closed
 }
@@ -252,7 +254,7 @@ allow = ["http"]
 require_checksum = true
 `, q(root), strings.Join(cmd, ", "), strings.Join(env, ", "), q(dc.mode))
 	a := &agentRun{t: t, bin: bin, cfg: filepath.Join(dir, "deploy.toml"),
-		sock: filepath.Join(root, ".agent", "agent.sock"), out: &syncBuffer{}, done: make(chan struct{})}
+		sock: filepath.Join(root, ".agent", "agent.sock"), out: &proctest.SyncBuffer{}, done: make(chan struct{})}
 	if err := os.WriteFile(a.cfg, []byte(text), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -278,7 +280,7 @@ require_checksum = true
 			t.Logf("agent log:\n%s", a.out.String())
 		}
 	})
-	waitFor(t, 30*time.Second, "the agent's control socket", func() bool {
+	proctest.WaitFor(t, 30*time.Second, "the agent's control socket", func() bool {
 		select {
 		case <-a.done:
 			t.Fatalf("agent exited: %v\n%s", a.err, a.out.String())
@@ -380,18 +382,4 @@ func (a *agentRun) stop(d time.Duration) {
 	if a.err != nil {
 		a.t.Errorf("agent exit after SIGTERM: %v; want 0", a.err)
 	}
-}
-
-// getBody fetches / on a fresh connection (no keep-alive, no retries).
-func getBody(t *testing.T, addr string) string {
-	t.Helper()
-	c := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
-	resp, err := c.Get("http://" + addr + "/")
-	if err != nil {
-		t.Fatalf("GET %s: %v", addr, err)
-	}
-	defer resp.Body.Close()
-	var b bytes.Buffer
-	b.ReadFrom(resp.Body)
-	return strings.TrimSpace(b.String())
 }

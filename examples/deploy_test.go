@@ -31,6 +31,8 @@ import (
 	"time"
 
 	"github.com/handoff/handoff/loadgen"
+
+	"github.com/handoff/handoff/internal/proctest"
 )
 
 // deployCase is one example under one readiness mode.
@@ -135,7 +137,7 @@ func testDeployUnderLoad(t *testing.T, c deployCase) {
 		t.Fatalf("after deploy v1: %+v", st)
 	}
 	addr := strings.TrimPrefix(st.Listen[0], "tcp:")
-	if got := getBody(t, addr); got != "hello from v1" {
+	if got := proctest.Get(t, addr); got != "hello from v1" {
 		t.Fatalf("v1 serves %q", got)
 	}
 
@@ -146,7 +148,7 @@ func testDeployUnderLoad(t *testing.T, c deployCase) {
 		t.Fatal(err)
 	}
 	defer load.Stop()
-	waitFor(t, 15*time.Second, "the load to get answers from v1", func() bool { return load.Snapshot().OK >= 50 })
+	proctest.WaitFor(t, 15*time.Second, "the load to get answers from v1", func() bool { return load.Snapshot().OK >= 50 })
 
 	var prev loadgen.Result
 	step := func(name string, started time.Time) {
@@ -172,7 +174,7 @@ func testDeployUnderLoad(t *testing.T, c deployCase) {
 			t.Errorf("deploy %s output: %v", id, r)
 		}
 		for i := 0; i < 3; i++ { // once deploy exits 0 every new connection is served by it
-			if got := getBody(t, addr); got != "hello from "+id {
+			if got := proctest.Get(t, addr); got != "hello from "+id {
 				t.Fatalf("after deploy %s a new connection got %q", id, got)
 			}
 		}
@@ -191,7 +193,7 @@ func testDeployUnderLoad(t *testing.T, c deployCase) {
 	if r.code != 1 || !strings.Contains(r.stderr, "restored: current is v3 again") {
 		t.Errorf("failed deploy v4: want exit 1 and v3 restored; %v", r)
 	}
-	if got := getBody(t, addr); got != "hello from v3" {
+	if got := proctest.Get(t, addr); got != "hello from v3" {
 		t.Errorf("after the failed deploy a new connection got %q", got)
 	}
 	if after := socketNonblock(t, a.cmd.Process.Pid, inode); after != nonblockBefore {
@@ -204,7 +206,7 @@ func testDeployUnderLoad(t *testing.T, c deployCase) {
 	if !strings.Contains(r.stdout, "rolled back to v2") {
 		t.Errorf("rollback output: %v", r)
 	}
-	if got := getBody(t, addr); got != "hello from v2" {
+	if got := proctest.Get(t, addr); got != "hello from v2" {
 		t.Errorf("after rollback a new connection got %q", got)
 	}
 	// rollback, like deploy, returns once the old generation is retired.

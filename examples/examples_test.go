@@ -28,6 +28,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/handoff/handoff/internal/proctest"
 )
 
 const installHint = "run scripts/install-examples-deps.sh (as root) to install it"
@@ -180,11 +182,11 @@ func testGracefulStop(t *testing.T, ex example) {
 		t.Fatalf("SIGTERM: %v", err)
 	}
 	if ex.stopLine != "" {
-		waitFor(t, 10*time.Second, "the stop line "+strconv.Quote(ex.stopLine), func() bool {
+		proctest.WaitFor(t, 10*time.Second, "the stop line "+strconv.Quote(ex.stopLine), func() bool {
 			return strings.Contains(a.output(), ex.stopLine)
 		})
 	} else {
-		waitFor(t, 10*time.Second, "the app to close its listening socket (stop accepting)", func() bool {
+		proctest.WaitFor(t, 10*time.Second, "the app to close its listening socket (stop accepting)", func() bool {
 			return !a.listenerOpen()
 		})
 	}
@@ -246,7 +248,7 @@ func checkReadiness(t *testing.T, a *app, ex example) {
 		}
 	}
 	if ex.listenReady {
-		waitFor(t, 10*time.Second, "the listening socket in an epoll set (listen readiness)", a.epollTrace)
+		proctest.WaitFor(t, 10*time.Second, "the listening socket in an epoll set (listen readiness)", a.epollTrace)
 		t.Logf("%s: epoll trace of the listening socket found", ex.name)
 	} else if a.epollTrace() {
 		t.Fatalf("%s: the listening socket is in an epoll set; its recipe says listen readiness does not work", ex.name)
@@ -258,7 +260,7 @@ type app struct {
 	cmd   *exec.Cmd
 	addr  string
 	inode string // the listening socket's inode, decimal
-	out   *syncBuffer
+	out   *proctest.SyncBuffer
 	done  chan struct{} // closed when Wait returned
 	err   error         // Wait's result, set before done is closed
 	ready chan string   // READY=1 datagrams from NOTIFY_SOCKET
@@ -299,7 +301,7 @@ func tryStart(t *testing.T, ex example, command []string, release string, env []
 		args = append(args, "-E", e)
 	}
 	args = append(args, command...)
-	a := &app{addr: addr, out: &syncBuffer{}, done: make(chan struct{})}
+	a := &app{addr: addr, out: &proctest.SyncBuffer{}, done: make(chan struct{})}
 	a.cmd = exec.Command("systemd-socket-activate", args...)
 	a.cmd.Dir = ex.dir
 	a.cmd.Stdout = a.out
@@ -582,35 +584,4 @@ func checkResponse(t *testing.T, what string, r response, wantBody string) {
 	if r.status != http.StatusOK || r.body != wantBody {
 		t.Fatalf("%s: got %d %q, want 200 %q", what, r.status, r.body, wantBody)
 	}
-}
-
-// waitFor polls cond every 10 ms until it holds or the deadline passes.
-func waitFor(t *testing.T, within time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", within, what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
-// syncBuffer is an io.Writer safe for the two copying goroutines of
-// exec.Cmd and for readers in the test.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }
