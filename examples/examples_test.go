@@ -13,6 +13,7 @@ package examples_test
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -30,6 +31,8 @@ import (
 	"time"
 
 	"github.com/handoff/handoff/internal/proctest"
+	"github.com/handoff/handoff/loadgen"
+	"golang.org/x/sys/unix"
 )
 
 const installHint = "run scripts/install-examples-deps.sh (as root) to install it"
@@ -210,6 +213,100 @@ func testGracefulStop(t *testing.T, ex example) {
 	}
 
 	a.expectExit(t, 15*time.Second)
+}
+
+// TestExamples_StopUnderKeepAliveLoad stops an example the way a reload
+// does: a successor (here a small Go server in the test) accepts on the same
+// listening socket, as many keep-alive clients as puma has threads (4) keep
+// sending without a pause, and the app gets SIGTERM. Not one request may
+// fail, and the app must end on its own, with status 0, well inside the
+// agent's drain_timeout. puma 5 used to hang here until it was killed: its
+// accept thread, woken by a connection the successor then took, waited for
+// a free pool thread; each pool thread stayed with a client that never
+// paused, so the stop command was never read.
+func TestExamples_StopUnderKeepAliveLoad(t *testing.T) {
+	for _, ex := range examples(t) {
+		if !ex.keepAlive {
+			continue
+		}
+		t.Run(ex.name, func(t *testing.T) {
+			release := fmt.Sprintf("k%d", time.Now().UnixNano()%1_000_000_000)
+			a := startApp(t, ex, release, nil)
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			load, err := loadgen.Start(ctx, loadgen.Options{Addr: a.addr, Conns: 4, KeepAlive: true, Timeout: 10 * time.Second})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer load.Stop()
+			proctest.WaitFor(t, 30*time.Second, "the load to get 400 answers", func() bool { return load.Snapshot().OK >= 400 })
+
+			successor := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+				io.WriteString(w, "hello from the successor\n")
+			})}
+			go successor.Serve(a.shareListener(t))
+			defer successor.Close()
+			// A new client: the successor takes it, after it woke the app's
+			// accept loop too.
+			if got := proctest.Get(t, a.addr); got != "hello from "+release && got != "hello from the successor" {
+				t.Fatalf("a new connection got %q", got)
+			}
+
+			if err := a.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+				t.Fatalf("SIGTERM: %v", err)
+			}
+			signalAt := time.Now()
+			a.expectExit(t, 10*time.Second)
+			stopped := time.Since(signalAt)
+			proctest.WaitFor(t, 10*time.Second, "the successor to answer the load", func() bool {
+				return load.Snapshot().Bodies["hello from the successor"] >= 100
+			})
+			res := load.Stop()
+			t.Logf("exited %v after SIGTERM; load: %s", stopped.Round(time.Millisecond), res)
+			if res.FailedTotal != 0 || res.StaleKeepAlive != 0 {
+				t.Errorf("requests lost across the stop: %s", res)
+			}
+		})
+	}
+}
+
+// shareListener returns the app's listening socket, taken from the running
+// app with pidfd_getfd(2): the same open file description, so connections
+// are shared between the app and whoever accepts on the returned listener.
+func (a *app) shareListener(t *testing.T) net.Listener {
+	t.Helper()
+	pid := a.cmd.Process.Pid // systemd-socket-activate execs the app in place
+	fds, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	target := -1
+	for _, fd := range fds {
+		if l, _ := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", pid, fd.Name())); l == "socket:["+a.inode+"]" {
+			target, _ = strconv.Atoi(fd.Name())
+			break
+		}
+	}
+	if target < 0 {
+		t.Fatalf("pid %d holds no fd on the listening socket (inode %s)", pid, a.inode)
+	}
+	pidfd, err := unix.PidfdOpen(pid, 0)
+	if err != nil {
+		t.Fatalf("pidfd_open %d: %v", pid, err)
+	}
+	defer unix.Close(pidfd)
+	fd, err := unix.PidfdGetfd(pidfd, target, 0)
+	if err != nil {
+		t.Fatalf("pidfd_getfd %d fd %d: %v", pid, target, err)
+	}
+	f := os.NewFile(uintptr(fd), "shared-listener")
+	defer f.Close()
+	l, err := net.FileListener(f)
+	if err != nil {
+		t.Fatalf("listener from pid %d fd %d: %v", pid, target, err)
+	}
+	t.Cleanup(func() { l.Close() })
+	return l
 }
 
 // TestExamples_DefaultShutdown shows what the graceful stop avoids: with the
