@@ -44,6 +44,7 @@ import (
 
 	"github.com/coreos/go-systemd/v22/activation"
 	"github.com/coreos/go-systemd/v22/daemon"
+	"golang.org/x/sys/unix"
 )
 
 const drainCap = 10 * time.Second // the whole stop takes at most this long
@@ -253,8 +254,8 @@ func (d *drainer) closeIdle() int {
 		if !ci.idle {
 			continue
 		}
-		if cc, ok := c.(*countingConn); ok && cc.read.Load() != ci.readMark {
-			continue // the next request is arriving
+		if cc, ok := c.(*countingConn); ok && (cc.read.Load() != ci.readMark || unread(cc.Conn) != 0) {
+			continue // the next request is arriving (read, or waiting in the kernel)
 		}
 		since := ci.idleSince
 		if d.stoppedAt.After(since) {
@@ -267,4 +268,25 @@ func (d *drainer) closeIdle() int {
 		delete(d.conns, c)
 	}
 	return len(d.conns)
+}
+
+// unread is how many bytes wait in c's receive queue, not yet read by the
+// server (SIOCINQ); -1 when it cannot be told, which keeps c open. Closing a
+// socket with unread bytes sends a reset instead of a FIN.
+func unread(c net.Conn) int {
+	sc, ok := c.(syscall.Conn)
+	if !ok {
+		return -1
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return -1
+	}
+	n := -1
+	rc.Control(func(fd uintptr) {
+		if v, err := unix.IoctlGetInt(int(fd), unix.SIOCINQ); err == nil {
+			n = v
+		}
+	})
+	return n
 }

@@ -2,9 +2,12 @@
 // and to stop as a real server gets. It serves "hello from
 // $DEPLOY_RELEASE_ID" on the listening socket inherited as fd 3. On SIGTERM
 // it stops accepting, answers every further request with Connection: close,
-// closes a connection once it has been idle for idleGrace (so a client
-// about to reuse it is answered, not reset), and exits as soon as no
-// connection is left (at most after drainCap).
+// closes a connection once it has been idle for idleGrace with nothing
+// waiting to be read (so a client about to reuse it is answered, not reset),
+// and exits as soon as no connection is left (at most after drainCap). A
+// connection that has not yet shown its first request is never closed
+// early: on a loaded machine the server may read a request that has arrived
+// well after idleGrace, and closing with unread bytes sends a reset.
 package main
 
 import (
@@ -16,6 +19,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 const (
@@ -72,7 +77,7 @@ func main() {
 		for time.Now().Before(deadline) {
 			mu.Lock()
 			for c, ci := range conns {
-				if ci.state != http.StateActive && time.Since(ci.since) >= idleGrace {
+				if ci.state == http.StateIdle && time.Since(ci.since) >= idleGrace && unread(c) == 0 {
 					c.Close()
 				}
 			}
@@ -87,4 +92,24 @@ func main() {
 	}()
 	srv.Serve(l)
 	select {} // the stop goroutine exits
+}
+
+// unread is how many bytes wait in c's receive queue (SIOCINQ); -1 when it
+// cannot be told, which keeps the connection open.
+func unread(c net.Conn) int {
+	sc, ok := c.(syscall.Conn)
+	if !ok {
+		return -1
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return -1
+	}
+	n := -1
+	rc.Control(func(fd uintptr) {
+		if v, err := unix.IoctlGetInt(int(fd), unix.SIOCINQ); err == nil {
+			n = v
+		}
+	})
+	return n
 }
