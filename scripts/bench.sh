@@ -76,7 +76,7 @@ cleanup() {
 trap cleanup EXIT
 
 echo "== building agent and cmd/bench"
-go build -o "$tmp/bin/agent" ./agent
+CGO_ENABLED=0 go build -o "$tmp/bin/agent" ./agent  # as README "Install" builds it
 go build -o "$tmp/bin/bench" ./cmd/bench
 
 echo "== installing pm2@$PM2_VERSION into $tmp/pm2"

@@ -25,7 +25,7 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 now_ms() { date +%s%3N; }
 
 echo "== building agent and loadgen"
-go build -o "$work/bin/agent" ./agent
+CGO_ENABLED=0 go build -o "$work/bin/agent" ./agent
 go build -o "$work/bin/loadgen" ./cmd/loadgen
 agent="$work/bin/agent"
 
