@@ -6,8 +6,9 @@
 // waiting to be read (so a client about to reuse it is answered, not reset),
 // and exits as soon as no connection is left (at most after drainCap). A
 // connection that has not yet shown its first request is never closed
-// early: on a loaded machine the server may read a request that has arrived
-// well after idleGrace, and closing with unread bytes sends a reset.
+// early: on a loaded machine the server may take longer than idleGrace to
+// read a request that has already arrived, and closing a socket with unread
+// bytes sends a reset.
 package main
 
 import (
