@@ -244,8 +244,10 @@ func TestExamples_StopUnderKeepAliveLoad(t *testing.T) {
 			successor := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
 				io.WriteString(w, "hello from the successor\n")
 			})}
-			go successor.Serve(a.shareListener(t))
-			defer successor.Close()
+			shared := a.shareListener(t)
+			served := make(chan struct{})
+			go func() { successor.Serve(shared); close(served) }()
+			defer func() { successor.Close(); <-served }()
 			// A new client: the successor takes it, after it woke the app's
 			// accept loop too.
 			if got := proctest.Get(t, a.addr); got != "hello from "+release && got != "hello from the successor" {
