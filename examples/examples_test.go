@@ -155,7 +155,13 @@ func testGracefulStop(t *testing.T, ex example) {
 	// A grace of 3 s rather than the default 1 s: on a loaded machine the
 	// test's next request on the idle connection may come later than 1 s
 	// after SIGTERM, and would then meet the close it is checking against.
-	a := startApp(t, ex, release, []string{"HANDOFF_IDLE_GRACE_MS=3000"})
+	//
+	// One gunicorn worker (GUNICORN_WORKERS=1): the readiness check sees the
+	// first worker's epoll set while gunicorn may still be forking the
+	// second, and gunicorn 20.1 loses a SIGTERM that reaches a worker before
+	// it has set its own handlers; that worker then runs until
+	// graceful_timeout (10 s), longer than this test waits.
+	a := startApp(t, ex, release, []string{"HANDOFF_IDLE_GRACE_MS=3000", "GUNICORN_WORKERS=1"})
 	want := "hello from " + release + "\n"
 
 	// The first request also makes systemd-socket-activate exec the app.
