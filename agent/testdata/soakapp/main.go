@@ -66,6 +66,7 @@ func main() {
 			conns[c] = connInfo{st, time.Now()}
 		},
 	}
+	served := make(chan struct{})
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
 	go func() {
@@ -74,6 +75,11 @@ func main() {
 		stopping = true
 		mu.Unlock()
 		l.Close()
+		// Serve registers each connection it accepts (StateNew) before it
+		// calls Accept again: once it has returned, conns holds every
+		// connection there will ever be. Counting earlier could exit under
+		// a connection just accepted, with its request unread: a reset.
+		<-served
 		deadline := time.Now().Add(drainCap)
 		for time.Now().Before(deadline) {
 			mu.Lock()
@@ -92,6 +98,7 @@ func main() {
 		os.Exit(0)
 	}()
 	srv.Serve(l)
+	close(served)
 	select {} // the stop goroutine exits
 }
 
