@@ -73,7 +73,7 @@ func TestE2E_socketActivation(t *testing.T) {
 	s := newSetup(t, "")
 	s.writeConfig(strings.Replace(mustRead(t, s.cfg), "address = \"127.0.0.1:0\"\n", "", 1))
 	v1 := s.art.app(t, "v1", nil)
-	port := freePort(t)
+	port := proctest.FreePort(t)
 	addr := "127.0.0.1:" + strconv.Itoa(port)
 	p := s.spawn(nil, ssa, "-l", addr, "--fdname=http")
 

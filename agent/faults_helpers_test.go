@@ -201,45 +201,6 @@ func readProc(t *testing.T, pid int) procStat {
 	return ps
 }
 
-// listenInode is the inode of the TCP socket listening on port.
-func listenInode(t *testing.T, port int) string {
-	t.Helper()
-	b, err := os.ReadFile("/proc/net/tcp")
-	if err != nil {
-		t.Fatal(err)
-	}
-	want := fmt.Sprintf(":%04X", port)
-	for _, line := range strings.Split(string(b), "\n")[1:] {
-		f := strings.Fields(line)
-		if len(f) > 9 && strings.HasSuffix(f[1], want) && f[3] == "0A" {
-			return f[9]
-		}
-	}
-	return ""
-}
-
-// socketHolders lists the pids holding socket inode ino open.
-func socketHolders(ino string) []int {
-	target := "socket:[" + ino + "]"
-	procs, _ := os.ReadDir("/proc")
-	var out []int
-	for _, p := range procs {
-		pid, err := strconv.Atoi(p.Name())
-		if err != nil {
-			continue
-		}
-		fds, _ := os.ReadDir("/proc/" + p.Name() + "/fd")
-		for _, fd := range fds {
-			if l, err := os.Readlink("/proc/" + p.Name() + "/fd/" + fd.Name()); err == nil && l == target {
-				out = append(out, pid)
-				break
-			}
-		}
-	}
-	sort.Ints(out)
-	return out
-}
-
 // groupMembers lists the live processes in process group pgid.
 func groupMembers(pgid int) []int {
 	procs, _ := os.ReadDir("/proc")

@@ -179,7 +179,7 @@ func testKillStage(t *testing.T, stage, mode string) {
 	hookStarted := filepath.Join(s.dir, "hook-started")
 	hookRuns := filepath.Join(s.dir, "hook-runs")
 	hookPIDs := filepath.Join(s.dir, "hook-pids")
-	port := freePort(t)
+	port := proctest.FreePort(t)
 	addr := "127.0.0.1:" + strconv.Itoa(port)
 
 	// One worker per generation: the kill tests are about the agent, and
@@ -338,7 +338,7 @@ kill $!`
 
 	// Restart.
 	if mode == "by-hand" {
-		proctest.WaitFor(t, 10*time.Second, "the port to be free (no orphan holding it)", func() bool { return listenInode(t, port) == "" })
+		proctest.WaitFor(t, 10*time.Second, "the port to be free (no orphan holding it)", func() bool { return proctest.ListenInode(t, port) == "" })
 		s.start(nil)
 	} else {
 		proctest.WaitFor(t, 30*time.Second, "the socket unit to restart the agent", func() bool {
@@ -522,7 +522,7 @@ func checkRecovered(t *testing.T, s *setup, st *StatusDoc, want string, archives
 // socket unit) the unit's shell hold the listening socket.
 func checkPortHolders(t *testing.T, port int, st *StatusDoc, unit *socketUnit) {
 	t.Helper()
-	ino := listenInode(t, port)
+	ino := proctest.ListenInode(t, port)
 	if ino == "" {
 		t.Fatalf("nothing listens on port %d", port)
 	}
@@ -530,7 +530,7 @@ func checkPortHolders(t *testing.T, port int, st *StatusDoc, unit *socketUnit) {
 	if unit != nil {
 		allowed = append(allowed, unit.cmd.Process.Pid)
 	}
-	for _, pid := range socketHolders(ino) {
+	for _, pid := range proctest.SocketHolders(ino) {
 		if !slices.Contains(allowed, pid) {
 			comm, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cmdline")
 			t.Errorf("pid %d (%q) holds the listening socket; only the agent %d and its workers %v may", pid, bytes.ReplaceAll(comm, []byte{0}, []byte{' '}), st.PID, workerPIDs(st))

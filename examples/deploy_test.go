@@ -251,30 +251,24 @@ func testDeployUnderLoad(t *testing.T, c deployCase) {
 // the open file description's flags.
 func socketNonblock(t *testing.T, pid int, inode string) bool {
 	t.Helper()
-	dir := fmt.Sprintf("/proc/%d", pid)
-	fds, err := os.ReadDir(dir + "/fd")
+	fds := proctest.SocketFDs(pid, inode)
+	if len(fds) == 0 {
+		t.Fatalf("pid %d holds no fd on socket inode %s", pid, inode)
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/fdinfo/%d", pid, fds[0]))
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, fd := range fds {
-		if l, _ := os.Readlink(dir + "/fd/" + fd.Name()); l != "socket:["+inode+"]" {
-			continue
-		}
-		b, err := os.ReadFile(dir + "/fdinfo/" + fd.Name())
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, line := range strings.Split(string(b), "\n") {
-			if v, ok := strings.CutPrefix(line, "flags:"); ok {
-				flags, err := strconv.ParseUint(strings.TrimSpace(v), 8, 64)
-				if err != nil {
-					t.Fatalf("fdinfo flags %q: %v", v, err)
-				}
-				return flags&syscall.O_NONBLOCK != 0
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "flags:"); ok {
+			flags, err := strconv.ParseUint(strings.TrimSpace(v), 8, 64)
+			if err != nil {
+				t.Fatalf("fdinfo flags %q: %v", v, err)
 			}
+			return flags&syscall.O_NONBLOCK != 0
 		}
 	}
-	t.Fatalf("pid %d holds no fd on socket inode %s", pid, inode)
+	t.Fatalf("pid %d fd %d: no flags line in fdinfo", pid, fds[0])
 	return false
 }
 

@@ -187,12 +187,12 @@ func testGracefulStop(t *testing.T, ex example) {
 	}
 
 	signalAt := time.Now()
-	if err := a.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+	if err := a.Cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatalf("SIGTERM: %v", err)
 	}
 	if ex.stopLine != "" {
 		proctest.WaitFor(t, 10*time.Second, "the stop line "+strconv.Quote(ex.stopLine), func() bool {
-			return strings.Contains(a.output(), ex.stopLine)
+			return strings.Contains(a.Output(), ex.stopLine)
 		})
 	} else {
 		proctest.WaitFor(t, 10*time.Second, "the app to close its listening socket (stop accepting)", func() bool {
@@ -218,7 +218,7 @@ func testGracefulStop(t *testing.T, ex example) {
 		}
 	}
 
-	a.expectExit(t, 15*time.Second)
+	a.ExpectExit0(t, 15*time.Second)
 }
 
 // TestExamples_StopUnderKeepAliveLoad stops an example the way a reload
@@ -260,11 +260,11 @@ func TestExamples_StopUnderKeepAliveLoad(t *testing.T) {
 				t.Fatalf("a new connection got %q", got)
 			}
 
-			if err := a.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+			if err := a.Cmd.Process.Signal(syscall.SIGTERM); err != nil {
 				t.Fatalf("SIGTERM: %v", err)
 			}
 			signalAt := time.Now()
-			a.expectExit(t, 10*time.Second)
+			a.ExpectExit0(t, 10*time.Second)
 			stopped := time.Since(signalAt)
 			proctest.WaitFor(t, 10*time.Second, "the successor to answer the load", func() bool {
 				return load.Snapshot().Bodies["hello from the successor"] >= 100
@@ -283,21 +283,12 @@ func TestExamples_StopUnderKeepAliveLoad(t *testing.T) {
 // are shared between the app and whoever accepts on the returned listener.
 func (a *app) shareListener(t *testing.T) net.Listener {
 	t.Helper()
-	pid := a.cmd.Process.Pid // systemd-socket-activate execs the app in place
-	fds, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
-	if err != nil {
-		t.Fatal(err)
-	}
-	target := -1
-	for _, fd := range fds {
-		if l, _ := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", pid, fd.Name())); l == "socket:["+a.inode+"]" {
-			target, _ = strconv.Atoi(fd.Name())
-			break
-		}
-	}
-	if target < 0 {
+	pid := a.Cmd.Process.Pid // systemd-socket-activate execs the app in place
+	fds := proctest.SocketFDs(pid, a.inode)
+	if len(fds) == 0 {
 		t.Fatalf("pid %d holds no fd on the listening socket (inode %s)", pid, a.inode)
 	}
+	target := fds[0]
 	pidfd, err := unix.PidfdOpen(pid, 0)
 	if err != nil {
 		t.Fatalf("pidfd_open %d: %v", pid, err)
@@ -330,10 +321,10 @@ func TestExamples_DefaultShutdown(t *testing.T) {
 			a := startApp(t, ex, release, []string{"HANDOFF_EXAMPLE_SHUTDOWN=default"})
 			conn := a.dial(t)
 			checkResponse(t, "first request", conn.get(t), "hello from "+release+"\n")
-			if err := a.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+			if err := a.Cmd.Process.Signal(syscall.SIGTERM); err != nil {
 				t.Fatalf("SIGTERM: %v", err)
 			}
-			a.expectExit(t, 15*time.Second)
+			a.ExpectExit0(t, 15*time.Second)
 			if resp, err := conn.tryGet(); err == nil {
 				t.Fatalf("default shutdown: the idle connection still answered (%d %q)", resp.status, resp.body)
 			}
@@ -349,7 +340,7 @@ func checkReadiness(t *testing.T, a *app, ex example) {
 		case msg := <-a.ready:
 			t.Logf("%s: NOTIFY_SOCKET got %q", ex.name, msg)
 		case <-time.After(20 * time.Second):
-			t.Fatalf("no READY=1 on NOTIFY_SOCKET within 20s; output:\n%s", a.output())
+			t.Fatalf("no READY=1 on NOTIFY_SOCKET within 20s; output:\n%s", a.Output())
 		}
 	}
 	if ex.listenReady {
@@ -362,13 +353,10 @@ func checkReadiness(t *testing.T, a *app, ex example) {
 
 // app is one example started under systemd-socket-activate.
 type app struct {
-	cmd   *exec.Cmd
-	addr  string
-	inode string // the listening socket's inode, decimal
-	out   *proctest.SyncBuffer
-	done  chan struct{} // closed when Wait returned
-	err   error         // Wait's result, set before done is closed
-	ready chan string   // READY=1 datagrams from NOTIFY_SOCKET
+	*proctest.Proc // systemd-socket-activate, which execs the app in place
+	addr           string
+	inode          string      // the listening socket's inode, decimal
+	ready          chan string // READY=1 datagrams from NOTIFY_SOCKET
 }
 
 // startApp starts the example on a free 127.0.0.1 port; a port taken
@@ -384,7 +372,7 @@ func startApp(t *testing.T, ex example, release string, env []string) *app {
 			a.ready = ready
 			return a
 		}
-		lastOut = a.output()
+		lastOut = a.Output()
 	}
 	t.Fatalf("systemd-socket-activate could not bind a port in 5 attempts; last output:\n%s", lastOut)
 	return nil
@@ -392,12 +380,7 @@ func startApp(t *testing.T, ex example, release string, env []string) *app {
 
 func tryStart(t *testing.T, ex example, command []string, release string, env []string, notifyPath string) (*app, bool) {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := l.Addr().String()
-	l.Close()
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(proctest.FreePort(t)))
 
 	args := []string{"-l", addr, "--fdname=http",
 		"-E", "DEPLOY_RELEASE_ID=" + release,
@@ -406,63 +389,29 @@ func tryStart(t *testing.T, ex example, command []string, release string, env []
 		args = append(args, "-E", e)
 	}
 	args = append(args, command...)
-	a := &app{addr: addr, out: &proctest.SyncBuffer{}, done: make(chan struct{})}
-	a.cmd = exec.Command("systemd-socket-activate", args...)
-	a.cmd.Dir = ex.dir
-	a.cmd.Stdout = a.out
-	a.cmd.Stderr = a.out
-	a.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true} // gunicorn forks workers
-	a.cmd.WaitDelay = 5 * time.Second
-	if err := a.cmd.Start(); err != nil {
-		t.Fatalf("start %v: %v", a.cmd.Args, err)
-	}
-	go func() {
-		a.err = a.cmd.Wait()
-		close(a.done)
-	}()
-	t.Cleanup(func() {
-		// Kill whatever is left of the group we started, then reap.
-		syscall.Kill(-a.cmd.Process.Pid, syscall.SIGKILL)
-		<-a.done
-		if t.Failed() {
-			t.Logf("%s output:\n%s", ex.name, a.output())
-		}
-	})
+	cmd := exec.Command("systemd-socket-activate", args...)
+	cmd.Dir = ex.dir
+	a := &app{Proc: proctest.Start(t, ex.name, cmd), addr: addr} // own group: gunicorn forks workers
 
 	listening := "Listening on " + addr + " as 3."
 	deadline := time.Now().Add(10 * time.Second)
-	for !strings.Contains(a.output(), listening) {
+	for !strings.Contains(a.Output(), listening) {
 		select {
-		case <-a.done:
+		case <-a.Done():
 			return a, false // most likely the port was taken meanwhile
 		case <-time.After(10 * time.Millisecond):
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("systemd-socket-activate did not bind %s within 10s; output:\n%s", addr, a.output())
+			t.Fatalf("systemd-socket-activate did not bind %s within 10s; output:\n%s", addr, a.Output())
 		}
 	}
 	a.inode = listenInode(t, addr)
 	return a, true
 }
 
-func (a *app) output() string { return a.out.String() }
-
-// expectExit waits for the app to exit, and wants status 0.
-func (a *app) expectExit(t *testing.T, within time.Duration) {
-	t.Helper()
-	select {
-	case <-a.done:
-	case <-time.After(within):
-		t.Fatalf("still running %v after SIGTERM", within)
-	}
-	if a.err != nil {
-		t.Fatalf("exit after SIGTERM: %v; want status 0", a.err)
-	}
-}
-
 // tree lists the pids of the app and its descendants.
 func (a *app) tree() []int {
-	root := a.cmd.Process.Pid
+	root := a.Cmd.Process.Pid
 	parent := map[int]int{}
 	entries, _ := os.ReadDir("/proc")
 	for _, e := range entries {
@@ -505,14 +454,9 @@ func (a *app) tree() []int {
 // listenerOpen reports whether any process of the app holds an fd on the
 // listening socket.
 func (a *app) listenerOpen() bool {
-	target := "socket:[" + a.inode + "]"
 	for _, pid := range a.tree() {
-		dir := filepath.Join("/proc", strconv.Itoa(pid), "fd")
-		fds, _ := os.ReadDir(dir)
-		for _, fd := range fds {
-			if l, err := os.Readlink(filepath.Join(dir, fd.Name())); err == nil && l == target {
-				return true
-			}
+		if len(proctest.SocketFDs(pid, a.inode)) > 0 {
+			return true
 		}
 	}
 	return false
@@ -560,19 +504,11 @@ func listenInode(t *testing.T, addr string) string {
 	t.Helper()
 	_, portStr, _ := net.SplitHostPort(addr)
 	port, _ := strconv.Atoi(portStr)
-	local := fmt.Sprintf("0100007F:%04X", port)
-	b, err := os.ReadFile("/proc/net/tcp")
-	if err != nil {
-		t.Fatal(err)
+	ino := proctest.ListenInode(t, port)
+	if ino == "" {
+		t.Fatalf("no listening socket on %s in /proc/net/tcp", addr)
 	}
-	for _, line := range strings.Split(string(b), "\n") {
-		f := strings.Fields(line)
-		if len(f) > 9 && f[1] == local && f[3] == "0A" {
-			return f[9]
-		}
-	}
-	t.Fatalf("no listening socket on %s in /proc/net/tcp", addr)
-	return ""
+	return ino
 }
 
 // notifySocket listens on a unixgram socket, as a service manager would, and

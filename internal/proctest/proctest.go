@@ -1,7 +1,8 @@
 // Package proctest holds what the end-to-end tests of several packages need
 // when they run real processes and servers: an output buffer safe for the
-// copying goroutines of exec.Cmd, a bounded wait on a condition, and a one-off
-// HTTP request on a fresh connection. Only _test.go files import it, so it
+// copying goroutines of exec.Cmd, a bounded wait on a condition, a one-off
+// HTTP request on a fresh connection, a free port, and who holds a socket
+// (read from /proc). Only _test.go files import it, so it
 // never reaches the agent binary.
 package proctest
 
