@@ -17,6 +17,8 @@ import (
 	"time"
 
 	"github.com/BurntSushi/toml"
+
+	"github.com/handoff/handoff/cluster"
 )
 
 // Config is a validated deploy.toml.
@@ -40,11 +42,14 @@ type AppConfig struct {
 	Env          map[string]string
 	StopSignal   syscall.Signal
 	DrainTimeout time.Duration
+	RescueLinger time.Duration
 }
 
 type ListenConfig struct {
 	Name    string
 	Address string  // "" = must come from systemd socket activation
+	Rescue  bool    // connection rescue when a generation stops (TCP; default true)
+	NoDelay bool    // TCP_NODELAY on the listening socket (default true)
 	Pos     Problem // where the address (or the [[listen]] entry) is, for errors found at start; Msg unused
 }
 
@@ -167,10 +172,13 @@ type rawConfig struct {
 		Env          tEnv      `toml:"env"`
 		StopSignal   tSignal   `toml:"stop_signal"`
 		DrainTimeout tDuration `toml:"drain_timeout"`
+		RescueLinger tDuration `toml:"rescue_linger"`
 	} `toml:"app"`
 	Listen []struct {
 		Name    tName    `toml:"name"`
 		Address tAddress `toml:"address"`
+		Rescue  tOptBool `toml:"rescue"`
+		NoDelay tOptBool `toml:"nodelay"`
 	} `toml:"listen"`
 	Readiness struct {
 		Mode      tEnum      `toml:"mode"`
@@ -212,6 +220,7 @@ func defaultRaw() rawConfig {
 	r.App.Workers = tCount(runtime.NumCPU())
 	r.App.StopSignal = tSignal(syscall.SIGTERM)
 	r.App.DrainTimeout = tDuration(30 * time.Second)
+	r.App.RescueLinger = tDuration(cluster.DefaultRescueLinger)
 	r.Readiness.Mode = tEnum{allowed: []string{"listen", "notify", "delay"}, V: "listen"}
 	r.Readiness.Timeout = tDuration(60 * time.Second)
 	r.Readiness.Delay = tDuration(2 * time.Second)
@@ -323,6 +332,7 @@ func parseConfig(path, src string) (*Config, error) {
 			Env:          map[string]string(raw.App.Env),
 			StopSignal:   syscall.Signal(raw.App.StopSignal),
 			DrainTimeout: time.Duration(raw.App.DrainTimeout),
+			RescueLinger: time.Duration(raw.App.RescueLinger),
 		},
 		Readiness: ReadinessConfig{
 			Mode:      raw.Readiness.Mode.V,
@@ -396,7 +406,8 @@ func parseConfig(path, src string) (*Config, error) {
 			continue
 		}
 		seen[string(l.Name)] = i
-		c.Listen = append(c.Listen, ListenConfig{Name: string(l.Name), Address: string(l.Address), Pos: Problem{Line: lp.Line, Col: lp.Col}})
+		c.Listen = append(c.Listen, ListenConfig{Name: string(l.Name), Address: string(l.Address),
+			Rescue: l.Rescue.or(true), NoDelay: l.NoDelay.or(true), Pos: Problem{Line: lp.Line, Col: lp.Col}})
 	}
 	if c.Readiness.Quorum > c.App.Workers {
 		add(where("readiness.quorum", 0), "readiness.quorum: %d is more than app.workers (%d)", c.Readiness.Quorum, c.App.Workers)
@@ -629,6 +640,27 @@ func (t *tDuration) UnmarshalTOML(v any) error {
 	}
 	*t = tDuration(d)
 	return nil
+}
+
+// tOptBool is a boolean whose absence is told apart, for a default that
+// differs per table of an array ([[listen]]).
+type tOptBool struct{ set, v bool }
+
+func (t *tOptBool) UnmarshalTOML(v any) error {
+	b, ok := v.(bool)
+	if !ok {
+		return wantErr("a boolean", v)
+	}
+	*t = tOptBool{set: true, v: b}
+	return nil
+}
+
+// or returns the value, or def when the key is absent.
+func (t tOptBool) or(def bool) bool {
+	if t.set {
+		return t.v
+	}
+	return def
 }
 
 // tDuration0 is a duration string that may be zero.

@@ -126,7 +126,7 @@ func runDaemon(cfg *Config, log *slog.Logger) int {
 
 	specs := make([]cluster.ListenSpec, len(cfg.Listen))
 	for i, l := range cfg.Listen {
-		specs[i] = cluster.ListenSpec{Name: l.Name, Address: l.Address}
+		specs[i] = cluster.ListenSpec{Name: l.Name, Address: l.Address, KeepNagle: !l.NoDelay, NoRescue: !l.Rescue}
 	}
 	socks, err := d.openSockets(specs)
 	if err != nil {
@@ -156,7 +156,7 @@ func runDaemon(cfg *Config, log *slog.Logger) int {
 
 	master, err := d.newMaster(cluster.Config{
 		Command: cfg.App.Command, Workers: cfg.App.Workers, Env: cfg.App.EnvList(), StopSignal: cfg.App.StopSignal,
-		DrainTimeout: cfg.App.DrainTimeout,
+		DrainTimeout: cfg.App.DrainTimeout, RescueLinger: cfg.App.RescueLinger,
 		Readiness: cluster.Readiness{Mode: cfg.Readiness.Mode, Timeout: cfg.Readiness.Timeout, Quorum: cfg.Readiness.Quorum,
 			Delay: cfg.Readiness.Delay, Probation: cfg.Readiness.Probation},
 		BackoffMin: cfg.Restart.BackoffMin, BackoffMax: cfg.Restart.BackoffMax, Logger: log,

@@ -54,8 +54,15 @@ type Config struct {
 	// Default SIGTERM.
 	StopSignal syscall.Signal
 	// DrainTimeout is how long a retiring worker's process group may take to
-	// exit before it gets SIGKILL. Default 30s.
+	// exit before it gets SIGKILL. Default 30s. It also bounds a request
+	// that connection rescue forwards.
 	DrainTimeout time.Duration
+	// RescueLinger is how long connection rescue holds a connection that a
+	// stopping worker let go of with nothing to read, for a request on its
+	// way, before it closes it as the worker meant to. A client that waits
+	// for the close to end a response (HTTP/1.0) waits this much longer.
+	// Default DefaultRescueLinger; ListenSpec.NoRescue turns rescue off.
+	RescueLinger time.Duration
 	Readiness    Readiness
 	// BackoffMin and BackoffMax bound the delay before a crashed worker of the
 	// serving generation is restarted: it doubles per consecutive crash and
@@ -88,6 +95,12 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.DrainTimeout < 0 {
 		return c, fmt.Errorf("%w: drain timeout %s", ErrInvalidConfig, c.DrainTimeout)
+	}
+	if c.RescueLinger == 0 {
+		c.RescueLinger = DefaultRescueLinger
+	}
+	if c.RescueLinger < 0 {
+		return c, fmt.Errorf("%w: rescue linger %s", ErrInvalidConfig, c.RescueLinger)
 	}
 	r := &c.Readiness
 	if r.Mode == "" {

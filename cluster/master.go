@@ -24,6 +24,7 @@ type GenerationSpec struct {
 
 // ReloadEvent reports progress of a Reload. Kind is one of "worker-started",
 // "worker-ready", "worker-exited", "quorum", "probation", "retiring",
+// "rescue" (what connection rescue did while a generation stopped),
 // "retired", "failed".
 type ReloadEvent struct {
 	Time       time.Time
@@ -39,6 +40,7 @@ type ReloadResult struct {
 	Generation   int
 	ReadyAfter   time.Duration // start of the reload to quorum ready
 	RetiredAfter time.Duration // start of the reload to old generation gone
+	Rescued      RescueStats   // what connection rescue did while the old generation stopped
 }
 
 // Master owns the workers of one application: at most one serving
@@ -72,11 +74,15 @@ type Master struct {
 	emitMu  sync.Mutex
 	emitter func(ReloadEvent)
 
+	rescueOff atomic.Bool // pidfd_getfd was refused once: no more rescue
+	forwards  sync.Map    // netip.AddrPort -> struct{}: local ends of the rescue's own forward connections
+
 	mu      sync.Mutex
 	closed  bool
 	gens    []*generation // live, oldest first
 	serving *generation
 	nextGen int
+	rescued RescueStats // totals since start
 }
 
 // NewMaster validates cfg and prepares a master for socks; no worker runs
@@ -236,14 +242,45 @@ func (m *Master) Reload(ctx context.Context, spec GenerationSpec, events func(Re
 	m.mu.Unlock()
 	m.log.Info("Generation serving", "gen", g.id, "release", spec.ReleaseID, "ready_after", readyAfter)
 
+	var rescued RescueStats
 	if old != nil {
 		m.emit(ReloadEvent{Kind: "retiring", Generation: old.id})
-		old.stop(m.cfg.StopSignal, time.Now().Add(m.cfg.DrainTimeout), time.Time{})
+		deadline := time.Now().Add(m.cfg.DrainTimeout)
+		rescued = m.stopRescuing(old, func() { old.stop(m.cfg.StopSignal, deadline, time.Time{}) }, deadline)
 		m.removeGen(old)
 		m.emit(ReloadEvent{Kind: "retired", Generation: old.id})
 		m.log.Info("Generation retired", "gen", old.id)
 	}
-	return &ReloadResult{Generation: g.id, ReadyAfter: readyAfter, RetiredAfter: time.Since(start)}, nil
+	return &ReloadResult{Generation: g.id, ReadyAfter: readyAfter, RetiredAfter: time.Since(start), Rescued: rescued}, nil
+}
+
+// stopRescuing runs stop, which stops generation g and returns once its
+// processes are reaped, with connection rescue around it when another
+// generation serves: the connections g's workers let go of are taken over
+// (see rescue.go). It returns what rescue did, also logged, emitted as a
+// "rescue" event and added to the master's totals.
+func (m *Master) stopRescuing(g *generation, stop func(), deadline time.Time) RescueStats {
+	m.mu.Lock()
+	serving := m.serving != nil && m.serving != g
+	m.mu.Unlock()
+	var r *rescuer
+	if serving {
+		r = m.startRescue(g, deadline)
+	}
+	stop()
+	if r == nil {
+		return RescueStats{}
+	}
+	st := r.finish()
+	m.mu.Lock()
+	m.rescued.add(st)
+	m.mu.Unlock()
+	if st.Held > 0 || st.Error != "" {
+		m.log.Info("Connections rescued", "gen", g.id, "held", st.Held, "forwarded", st.Forwarded, "requests", st.Requests,
+			"idle", st.Idle, "gone", st.Gone, "abandoned", st.Abandoned, "refused", st.Refused, "failed", st.Failed)
+		m.emit(ReloadEvent{Kind: "rescue", Generation: g.id, Message: st.String()})
+	}
+	return st
 }
 
 // counts returns how many of g's workers are ready and alive, and how many
@@ -407,7 +444,7 @@ func (m *Master) fail(g *generation, cause error, start time.Time) error {
 	if m.cfg.Readiness.Mode == ModeListen {
 		unready = now.Add(min(m.cfg.DrainTimeout, unreadyGrace))
 	}
-	g.stop(m.cfg.StopSignal, now.Add(m.cfg.DrainTimeout), unready)
+	m.stopRescuing(g, func() { g.stop(m.cfg.StopSignal, now.Add(m.cfg.DrainTimeout), unready) }, now.Add(m.cfg.DrainTimeout))
 	for i := range failures {
 		if p := procs[i]; p != nil {
 			failures[i].LastLines = p.lastLines()

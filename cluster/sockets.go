@@ -16,9 +16,21 @@ import (
 // "unix:/path" (a unix stream socket). Name is what workers see in
 // LISTEN_FDNAMES and what a systemd socket unit's FileDescriptorName= must say
 // for the socket to be adopted instead of bound.
+//
+// Zero values are the defaults: TCP_NODELAY is set on a TCP socket, and
+// connection rescue (see Config.RescueLinger) covers it.
 type ListenSpec struct {
 	Name    string
 	Address string
+	// KeepNagle leaves TCP_NODELAY as it is. Linux copies the flag from a
+	// listening socket to every connection accept(2) returns, so setting it
+	// here gives every worker's connections no Nagle delay, including those
+	// of servers that never set it themselves because they take the
+	// inherited fd for a unix socket.
+	KeepNagle bool
+	// NoRescue leaves the connections accepted on this socket alone when a
+	// generation stops: what the worker drops is dropped.
+	NoRescue bool
 }
 
 // Sockets holds the listening sockets of one master for its whole life.
@@ -31,6 +43,7 @@ type Sockets struct {
 	names   []string
 	addrs   []string
 	inodes  map[uint64]int // socket inode -> index
+	rescue  []bool         // per socket: connection rescue covers it
 	unlinks []string       // unix socket paths this process created
 	closed  bool
 }
@@ -57,7 +70,7 @@ func OpenSockets(specs []ListenSpec, logger *slog.Logger) (*Sockets, error) {
 		}
 		for i, f := range inherited {
 			used[i] = true
-			if err := s.adopt(f.Name(), f); err != nil {
+			if err := s.adopt(ListenSpec{Name: f.Name()}, f); err != nil {
 				s.Close()
 				closeUnused(inherited, used)
 				return nil, err
@@ -84,7 +97,7 @@ func OpenSockets(specs []ListenSpec, logger *slog.Logger) (*Sockets, error) {
 			for i, f := range inherited {
 				if !used[i] && f.Name() == sp.Name {
 					used[i] = true
-					if err := s.adopt(sp.Name, f); err != nil {
+					if err := s.adopt(sp, f); err != nil {
 						s.Close()
 						closeUnused(inherited, used)
 						return nil, err
@@ -121,8 +134,11 @@ func closeUnused(files []*os.File, used []bool) {
 	}
 }
 
-// adopt takes over an inherited listening socket.
-func (s *Sockets) adopt(name string, f *os.File) error {
+// adopt takes over an inherited listening socket. TCP_NODELAY is set on it
+// as on a bound one unless sp.KeepNagle: a socket unit that wants Nagle says
+// so in the config too.
+func (s *Sockets) adopt(sp ListenSpec, f *os.File) error {
+	name := sp.Name
 	l, err := net.FileListener(f)
 	if err != nil {
 		f.Close()
@@ -133,8 +149,13 @@ func (s *Sockets) adopt(name string, f *os.File) error {
 	a := addr.String()
 	if addr.Network() == "unix" {
 		a = "unix:" + a
+	} else if !sp.KeepNagle {
+		if err := setNoDelay(f); err != nil {
+			f.Close()
+			return fmt.Errorf("adopt socket %q: %w", name, err)
+		}
 	}
-	if err := s.add(name, a, f); err != nil {
+	if err := s.add(name, a, f, !sp.NoRescue); err != nil {
 		return err
 	}
 	s.log.Info("Adopted socket", "name", name, "address", a)
@@ -163,6 +184,9 @@ func (s *Sockets) bind(sp ListenSpec) error {
 	case *net.TCPListener:
 		f, err = l.File()
 		a = l.Addr().String()
+		if err == nil && !sp.KeepNagle {
+			err = setNoDelay(f)
+		}
 	case *net.UnixListener:
 		l.SetUnlinkOnClose(false)
 		f, err = l.File()
@@ -176,14 +200,14 @@ func (s *Sockets) bind(sp ListenSpec) error {
 	if err != nil {
 		return &SocketError{Name: sp.Name, Err: err}
 	}
-	if err := s.add(sp.Name, a, f); err != nil {
+	if err := s.add(sp.Name, a, f, network == "tcp" && !sp.NoRescue); err != nil {
 		return err
 	}
-	s.log.Info("Listening", "name", sp.Name, "address", a)
+	s.log.Info("Listening", "name", sp.Name, "address", a, "nodelay", network == "tcp" && !sp.KeepNagle, "rescue", network == "tcp" && !sp.NoRescue)
 	return nil
 }
 
-func (s *Sockets) add(name, addr string, f *os.File) error {
+func (s *Sockets) add(name, addr string, f *os.File, rescue bool) error {
 	var st syscall.Stat_t
 	if err := syscall.Fstat(int(f.Fd()), &st); err != nil {
 		f.Close()
@@ -196,6 +220,26 @@ func (s *Sockets) add(name, addr string, f *os.File) error {
 	s.files = append(s.files, f)
 	s.names = append(s.names, name)
 	s.addrs = append(s.addrs, addr)
+	s.rescue = append(s.rescue, rescue && !strings.HasPrefix(addr, "unix:"))
+	return nil
+}
+
+// setNoDelay sets TCP_NODELAY on a listening socket; accepted connections
+// inherit it.
+func setNoDelay(f *os.File) error {
+	sc, err := f.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var serr error
+	if err := sc.Control(func(fd uintptr) {
+		serr = syscall.SetsockoptInt(int(fd), syscall.IPPROTO_TCP, syscall.TCP_NODELAY, 1)
+	}); err != nil {
+		return err
+	}
+	if serr != nil {
+		return fmt.Errorf("set TCP_NODELAY: %w", serr)
+	}
 	return nil
 }
 

@@ -6,6 +6,7 @@ import "time"
 type Status struct {
 	Generations []GenerationStatus `json:"generations"` // oldest first
 	Sockets     []string           `json:"sockets"`
+	Rescued     RescueStats        `json:"rescued"` // connection rescue, totals since the master started
 }
 
 // GenerationStatus describes one live generation.
@@ -34,7 +35,7 @@ type WorkerStatus struct {
 func (m *Master) Status() Status {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	st := Status{Sockets: m.socks.Addrs(), Generations: []GenerationStatus{}}
+	st := Status{Sockets: m.socks.Addrs(), Generations: []GenerationStatus{}, Rescued: m.rescued}
 	now := time.Now()
 	for _, g := range m.gens {
 		gs := GenerationStatus{ID: g.id, ReleaseID: g.spec.ReleaseID, Dir: g.dir, State: g.state, Started: g.created}

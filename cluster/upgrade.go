@@ -61,9 +61,10 @@ type handover struct {
 }
 
 type handoverSocket struct {
-	FD   int    `json:"fd"`
-	Name string `json:"name"`
-	Addr string `json:"addr"`
+	FD       int    `json:"fd"`
+	Name     string `json:"name"`
+	Addr     string `json:"addr"`
+	NoRescue bool   `json:"no_rescue,omitempty"`
 }
 
 type handoverGen struct {
@@ -300,7 +301,7 @@ func (m *Master) handover(extraFiles map[string]*os.File, extraState []byte) ([]
 		if err != nil {
 			return nil, nil, fmt.Errorf("socket %s: %w", m.socks.names[i], err)
 		}
-		h.Sockets = append(h.Sockets, handoverSocket{FD: fd, Name: m.socks.names[i], Addr: m.socks.addrs[i]})
+		h.Sockets = append(h.Sockets, handoverSocket{FD: fd, Name: m.socks.names[i], Addr: m.socks.addrs[i], NoRescue: !m.socks.rescue[i]})
 	}
 	m.watchdog.mu.Lock()
 	w := m.watchdog.w
@@ -470,7 +471,7 @@ func ResumeSockets(logger *slog.Logger) (*Sockets, error) {
 	}
 	socks := &Sockets{log: logger, inodes: map[uint64]int{}, unlinks: h.Unlinks}
 	for _, hs := range h.Sockets {
-		if err := socks.add(hs.Name, hs.Addr, os.NewFile(uintptr(hs.FD), hs.Name)); err != nil {
+		if err := socks.add(hs.Name, hs.Addr, os.NewFile(uintptr(hs.FD), hs.Name), !hs.NoRescue); err != nil {
 			socks.Close()
 			return nil, fmt.Errorf("resume sockets: %w", err)
 		}

@@ -1,0 +1,367 @@
+package cluster
+
+import (
+	"errors"
+	"net/netip"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Connection rescue: while a generation stops and another one serves, the
+// master holds a copy (pidfd_getfd) of every client connection the stopping
+// processes hold on a rescued listening socket. A socket closes only with its
+// last reference, so a worker's close(2) then sends neither FIN nor RST: the
+// connection stays open for the client, and the master decides its end once
+// no process of the stopping generation holds it any more (rescueConn).
+//
+// Polling is the only way to learn that a process let go of a descriptor; it
+// starts at rescuePollMin and backs off to rescuePollMax, and the process
+// list is refreshed every rescueMembersEvery polls. It runs only while a
+// generation stops: steady state costs nothing.
+const (
+	rescuePollMin      = time.Millisecond
+	rescuePollMax      = 10 * time.Millisecond
+	rescueMembersEvery = 4
+	// DefaultRescueLinger is how long a released connection with nothing to
+	// read is held for a request that may be on its way (Config.RescueLinger).
+	DefaultRescueLinger = 100 * time.Millisecond
+)
+
+// RescueStats counts what connection rescue did while one generation
+// stopped. Held counts connections copied from its processes; each of them
+// ends in exactly one of the other counters, or in none when the client
+// closed it first (Gone).
+type RescueStats struct {
+	Held      int64  `json:"held"`            // connections copied from the stopping processes
+	Forwarded int64  `json:"forwarded"`       // connections whose waiting request(s) went to the serving generation
+	Requests  int64  `json:"requests"`        // requests forwarded (pipelining: several a connection)
+	Idle      int64  `json:"idle"`            // closed after the linger with nothing to read, as the worker meant to
+	Gone      int64  `json:"gone"`            // the client had closed, or the worker had shut the connection down: closed at once
+	Abandoned int64  `json:"abandoned"`       // the worker read a request and never answered it: closed at once
+	Refused   int64  `json:"refused"`         // bytes that are not an HTTP/1.x request (TLS, other protocols) or an upgrade: closed untouched
+	Failed    int64  `json:"failed"`          // a forward that got no response: 502 sent
+	Error     string `json:"error,omitempty"` // why rescue could not run, if it could not
+}
+
+// add sums o into s.
+func (s *RescueStats) add(o RescueStats) {
+	s.Held += o.Held
+	s.Forwarded += o.Forwarded
+	s.Requests += o.Requests
+	s.Idle += o.Idle
+	s.Gone += o.Gone
+	s.Abandoned += o.Abandoned
+	s.Refused += o.Refused
+	s.Failed += o.Failed
+	if o.Error != "" {
+		s.Error = o.Error
+	}
+}
+
+// rescueTarget is one rescued listening socket, by port: where an accepted
+// connection of it comes from and where its requests are forwarded.
+type rescueTarget struct {
+	ip      netip.Addr // the listener's address; unspecified matches any
+	forward string     // host:port to dial: the listening socket itself
+}
+
+// rescueTargets returns the rescued TCP sockets by port.
+func (s *Sockets) rescueTargets() map[uint16]rescueTarget {
+	out := map[uint16]rescueTarget{}
+	for i, a := range s.addrs {
+		if !s.rescue[i] {
+			continue
+		}
+		ap, err := netip.ParseAddrPort(a)
+		if err != nil {
+			continue
+		}
+		ip := ap.Addr().Unmap()
+		dial := ip
+		if ip.IsUnspecified() {
+			dial = netip.MustParseAddr("127.0.0.1")
+			if ip.Is6() {
+				dial = netip.IPv6Loopback()
+			}
+		}
+		out[ap.Port()] = rescueTarget{ip: ip, forward: netip.AddrPortFrom(dial, ap.Port()).String()}
+	}
+	return out
+}
+
+// errRescueRefused: pidfd_getfd was refused (seccomp, Yama ptrace_scope);
+// rescue is then off for the master's life (Master.rescueOff), logged once.
+var errRescueRefused = errors.New("pidfd_getfd refused")
+
+// rescuer holds the connections of one stopping generation. Its run
+// goroutine owns held, rejected and pidfds; conns owns one goroutine per
+// released connection. finish stops the poll and waits for both.
+type rescuer struct {
+	m       *Master
+	g       *generation
+	targets map[uint16]rescueTarget
+	linger  time.Duration
+	ends    time.Time // no forwarded request outlives this
+
+	held     map[uint64]*heldConn // by socket inode
+	rejected map[uint64]bool      // inodes looked at that are not rescued
+	pidfds   map[int]int          // pid -> pidfd
+	members  []int                // processes of the stopping groups
+
+	stop    chan struct{}
+	done    chan struct{}
+	conns   sync.WaitGroup
+	refused atomic.Bool
+	stats   rescueCounters
+}
+
+type rescueCounters struct {
+	held, forwarded, requests, idle, gone, abandoned, refused, failed atomic.Int64
+}
+
+// heldConn is the master's copy of one client connection.
+type heldConn struct {
+	fd       int
+	ino      uint64
+	peer     netip.AddrPort
+	port     uint16
+	internal bool // the server side of one of the master's own forwards
+}
+
+// startRescue takes a first copy of every client connection the processes
+// of g hold, before they are signalled, and starts polling for more and for
+// the ones they let go of. It returns nil when nothing is to be rescued: no
+// rescued socket, rescue refused before, or no other generation serving.
+func (m *Master) startRescue(g *generation, deadline time.Time) *rescuer {
+	if m.rescueOff.Load() {
+		return nil
+	}
+	targets := m.socks.rescueTargets()
+	if len(targets) == 0 {
+		return nil
+	}
+	r := &rescuer{
+		m: m, g: g, targets: targets,
+		linger: m.cfg.RescueLinger, ends: deadline,
+		held: map[uint64]*heldConn{}, rejected: map[uint64]bool{}, pidfds: map[int]int{},
+		stop: make(chan struct{}), done: make(chan struct{}),
+	}
+	r.refreshMembers()
+	r.poll()
+	go r.run()
+	return r
+}
+
+// finish is called once every process of the generation is reaped: it lets
+// go of what is still held (a last poll finds no holder) and waits for every
+// released connection to end. It returns what rescue did.
+func (r *rescuer) finish() RescueStats {
+	close(r.stop)
+	<-r.done
+	r.conns.Wait()
+	c := &r.stats
+	st := RescueStats{
+		Held: c.held.Load(), Forwarded: c.forwarded.Load(), Requests: c.requests.Load(),
+		Idle: c.idle.Load(), Gone: c.gone.Load(), Abandoned: c.abandoned.Load(),
+		Refused: c.refused.Load(), Failed: c.failed.Load(),
+	}
+	if r.refused.Load() {
+		st.Error = errRescueRefused.Error()
+	}
+	return st
+}
+
+func (r *rescuer) run() {
+	defer close(r.done)
+	defer r.closePidfds()
+	interval := rescuePollMin
+	t := time.NewTimer(interval)
+	defer t.Stop()
+	for n := 1; ; n++ {
+		select {
+		case <-t.C:
+		case <-r.stop:
+			// Every process is reaped: whatever is still held has no
+			// holder left.
+			r.members = nil
+			r.poll()
+			return
+		}
+		if n%rescueMembersEvery == 0 {
+			r.refreshMembers()
+		}
+		r.poll()
+		interval = min(interval*5/4+time.Millisecond/4, rescuePollMax)
+		t.Reset(interval)
+	}
+}
+
+// refreshMembers lists the live processes of the stopping workers' groups.
+// A group's id is its leader's pid, which is not reused before the leader is
+// reaped; a reaped worker's group is left out.
+func (r *rescuer) refreshMembers() {
+	r.members = r.members[:0]
+	r.m.mu.Lock()
+	var procs []*proc
+	for _, s := range r.g.slots {
+		if s.proc != nil {
+			procs = append(procs, s.proc)
+		}
+	}
+	r.m.mu.Unlock()
+	for _, p := range procs {
+		if chanClosed(p.done) {
+			continue
+		}
+		r.members = append(r.members, p.pid)
+		r.members = append(r.members, groupMembers(p.pid, true)...)
+	}
+}
+
+// poll copies the client connections the members hold that it has not
+// copied yet, and releases the held ones no member holds any more.
+func (r *rescuer) poll() {
+	present := map[uint64]bool{}
+	for _, pid := range r.members {
+		r.scan(pid, present)
+	}
+	for ino, h := range r.held {
+		if present[ino] {
+			continue
+		}
+		delete(r.held, ino)
+		r.conns.Add(1)
+		go func() {
+			defer r.conns.Done()
+			r.release(h)
+		}()
+	}
+}
+
+// scan reads pid's fd table: each socket inode is marked present, and a
+// client connection on a rescued socket not held yet is copied.
+func (r *rescuer) scan(pid int, present map[uint64]bool) {
+	base := "/proc/" + strconv.Itoa(pid) + "/fd/"
+	d, err := os.Open(base)
+	if err != nil {
+		return
+	}
+	names, _ := d.Readdirnames(-1)
+	d.Close()
+	for _, n := range names {
+		link, err := os.Readlink(base + n)
+		if err != nil || !strings.HasPrefix(link, "socket:[") {
+			continue
+		}
+		ino, err := strconv.ParseUint(strings.TrimSuffix(link[len("socket:["):], "]"), 10, 64)
+		if err != nil || r.m.socks.isOurs(ino) {
+			continue
+		}
+		present[ino] = true
+		if r.held[ino] != nil || r.rejected[ino] || r.refused.Load() {
+			continue
+		}
+		fd, _ := strconv.Atoi(n)
+		r.copyConn(pid, fd, ino)
+	}
+}
+
+// copyConn takes a copy of fd in pid, checks that it is still the socket
+// seen (fd numbers are reused) and keeps it if it is a connection accepted
+// on one of the rescued sockets.
+func (r *rescuer) copyConn(pid, fd int, ino uint64) {
+	pidfd, ok := r.pidfds[pid]
+	if !ok {
+		var err error
+		pidfd, err = unix.PidfdOpen(pid, 0)
+		if err != nil {
+			return // exited meanwhile
+		}
+		r.pidfds[pid] = pidfd
+	}
+	nfd, err := unix.PidfdGetfd(pidfd, fd, 0)
+	if err != nil {
+		if errors.Is(err, syscall.EPERM) || errors.Is(err, syscall.ENOSYS) || errors.Is(err, syscall.EACCES) {
+			r.refuse(err)
+		}
+		return // the fd was closed or the process is gone meanwhile
+	}
+	var st unix.Stat_t
+	if unix.Fstat(nfd, &st) != nil || st.Ino != ino {
+		unix.Close(nfd) // reused for another file: the next poll sees it
+		return
+	}
+	h, ok := r.classify(nfd, ino)
+	if !ok {
+		unix.Close(nfd)
+		r.rejected[ino] = true
+		return
+	}
+	r.held[ino] = h
+	if !h.internal {
+		r.stats.held.Add(1)
+	}
+}
+
+// classify keeps a TCP stream connection whose local end is a rescued
+// listening socket's address.
+func (r *rescuer) classify(fd int, ino uint64) (*heldConn, bool) {
+	if typ, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_TYPE); err != nil || typ != unix.SOCK_STREAM {
+		return nil, false
+	}
+	if acc, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ACCEPTCONN); err != nil || acc != 0 {
+		return nil, false
+	}
+	local, ok := sockAddrPort(unix.Getsockname(fd))
+	if !ok {
+		return nil, false
+	}
+	t, ok := r.targets[local.Port()]
+	if !ok || (!t.ip.IsUnspecified() && t.ip != local.Addr()) {
+		return nil, false
+	}
+	peer, ok := sockAddrPort(unix.Getpeername(fd))
+	if !ok {
+		return nil, false
+	}
+	_, internal := r.m.forwards.Load(peer)
+	return &heldConn{fd: fd, ino: ino, peer: peer, port: local.Port(), internal: internal}, true
+}
+
+func sockAddrPort(sa unix.Sockaddr, err error) (netip.AddrPort, bool) {
+	if err != nil {
+		return netip.AddrPort{}, false
+	}
+	switch a := sa.(type) {
+	case *unix.SockaddrInet4:
+		return netip.AddrPortFrom(netip.AddrFrom4(a.Addr), uint16(a.Port)), true
+	case *unix.SockaddrInet6:
+		return netip.AddrPortFrom(netip.AddrFrom16(a.Addr).Unmap(), uint16(a.Port)), true
+	}
+	return netip.AddrPort{}, false
+}
+
+// refuse turns rescue off for the master's life, logged once: the kernel
+// or a security policy does not let the master copy its workers' fds.
+func (r *rescuer) refuse(err error) {
+	if r.refused.Swap(true) {
+		return
+	}
+	if !r.m.rescueOff.Swap(true) {
+		r.m.log.Warn("Connection rescue unavailable", "gen", r.g.id, "err", err, "effect", "connections a stopping worker drops are dropped")
+	}
+}
+
+func (r *rescuer) closePidfds() {
+	for pid, fd := range r.pidfds {
+		unix.Close(fd)
+		delete(r.pidfds, pid)
+	}
+}
