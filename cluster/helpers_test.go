@@ -135,6 +135,8 @@ func runWorkerRole(mode string) int {
 		return 0 // the grandchild lingers; the group kill ends it
 	case modeAcceptRaw:
 		return acceptRaw(body)
+	case modeShutdownNow, modeDieOnTerm, modeLine, modeTLS:
+		return serveRude(mode, body)
 	}
 	return serve(mode, body)
 }

@@ -75,7 +75,7 @@ type Master struct {
 	emitter func(ReloadEvent)
 
 	rescueOff atomic.Bool // pidfd_getfd was refused once: no more rescue
-	forwards  sync.Map    // netip.AddrPort -> struct{}: local ends of the rescue's own forward connections
+	forwards  sync.Map    // netip.AddrPort -> *forwardState: local ends of the rescue's own forward connections
 
 	mu      sync.Mutex
 	closed  bool

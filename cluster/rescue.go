@@ -31,7 +31,11 @@ const (
 	rescueMembersEvery = 4
 	// DefaultRescueLinger is how long a released connection with nothing to
 	// read is held for a request that may be on its way (Config.RescueLinger).
-	DefaultRescueLinger = 100 * time.Millisecond
+	// A keep-alive client that is slow to send its next request (a loaded
+	// box, a client that does work between requests) still gets it answered
+	// within this; an HTTP/1.0 client that waits for the close to end its
+	// response waits up to this much longer during a stop.
+	DefaultRescueLinger = time.Second
 )
 
 // RescueStats counts what connection rescue did while one generation

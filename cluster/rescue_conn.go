@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -42,20 +43,31 @@ const maxRequestLine = 8 << 10
 func (r *rescuer) release(h *heldConn) {
 	ti, err := unix.GetsockoptTCPInfo(h.fd, unix.IPPROTO_TCP, unix.TCP_INFO)
 	if err != nil || ti.State != tcpEstablished {
+		if err == nil {
+			r.m.log.Debug("Rescue release", "peer", h.peer, "state", ti.State, "rcvd", ti.Bytes_received, "sent", ti.Bytes_sent)
+		}
 		r.end(h, &r.stats.gone)
 		return
 	}
 	inq, _ := unix.IoctlGetInt(h.fd, unix.SIOCINQ)
+	r.m.log.Debug("Rescue release", "peer", h.peer, "state", ti.State, "inq", inq, "last_recv", ti.Last_data_recv, "last_sent", ti.Last_data_sent, "rcvd", ti.Bytes_received, "sent", ti.Bytes_sent, "acked", ti.Bytes_acked)
 	if inq == 0 {
 		if h.internal {
-			// The server side of one of the master's own forwards: its
-			// request was read; the forward reads the answer.
+			// The server side of one of the master's own forwards, its
+			// request read. A stopping worker that read it and sent
+			// nothing dropped it: the forward may send it again.
+			if ti.Bytes_sent == 0 {
+				if fs, ok := r.m.forwards.Load(h.peer); ok {
+					fs.(*forwardState).dropped.Store(true)
+				}
+			}
 			r.end(h, nil)
 			return
 		}
-		// Milliseconds since the last data in each direction: a request
-		// read more recently than anything was sent was never answered.
-		if ti.Last_data_recv < ti.Last_data_sent {
+		// A request read and nothing sent since: the worker dropped it
+		// (it died, or it gave up on what it read while stopping). The
+		// times are in milliseconds since the last data each way.
+		if (ti.Bytes_sent == 0 && ti.Bytes_received > 0) || ti.Last_data_recv < ti.Last_data_sent {
 			r.end(h, &r.stats.abandoned)
 			return
 		}
@@ -234,23 +246,50 @@ func (r *rescuer) serve(h *heldConn) {
 	}
 }
 
+// forwardState is what the master knows of one of its own forward
+// connections, by its local address.
+type forwardState struct {
+	// dropped: a stopping worker accepted it, read the request and let go
+	// of it without sending a byte.
+	dropped atomic.Bool
+}
+
 // forward sends req to the listening socket h came from and writes the
 // response to c. more reports that another request already waits on c and
 // the connection stays open for it; otherwise the response says
 // "Connection: close".
+//
+// A stopping worker may still accept the forward connection, and may read
+// the request and let go of it unanswered (a server that stops drops what
+// it reads after its stop began). Such a request, when it has no body and
+// an idempotent method, is sent once more, as a proxy retries an upstream
+// that failed before answering; any other gets 502.
 func (r *rescuer) forward(c net.Conn, br *bufio.Reader, req *http.Request, h *heldConn, ends time.Time) (more, ok bool) {
-	t := r.targets[h.port]
-	bc, err := net.DialTimeout("tcp", t.forward, time.Until(ends))
-	if err != nil {
-		r.badGateway(c, err)
-		return false, false
+	r.prepare(req, h)
+	for try := 0; ; try++ {
+		more, ok, dropped := r.forwardOnce(c, br, req, h, ends)
+		if !dropped || try > 0 || !replayable(req) {
+			if dropped {
+				r.badGateway(c, errors.New("dropped unanswered by a stopping worker"))
+			}
+			return more, ok
+		}
+		r.m.log.Debug("Rescued request sent again", "gen", r.g.id, "peer", h.peer)
 	}
-	defer bc.Close()
-	local := bc.LocalAddr().(*net.TCPAddr).AddrPort()
-	r.m.forwards.Store(local, struct{}{})
-	defer r.m.forwards.Delete(local)
-	bc.SetDeadline(ends)
+}
 
+// replayable: a request with no body whose method may be repeated.
+func replayable(req *http.Request) bool {
+	switch req.Method {
+	case http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodTrace, http.MethodPut, http.MethodDelete:
+		return req.ContentLength == 0 && len(req.TransferEncoding) == 0
+	}
+	return false
+}
+
+// prepare turns a request read from a client into one for a forward
+// connection of its own.
+func (r *rescuer) prepare(req *http.Request, h *heldConn) {
 	req.Header.Del("Connection")
 	req.Header.Del("Keep-Alive")
 	req.Header.Del("Expect") // the body is sent at once; a 100 would come too late
@@ -260,9 +299,27 @@ func (r *rescuer) forward(c net.Conn, br *bufio.Reader, req *http.Request, h *he
 		req.Header.Set("X-Forwarded-For", h.peer.Addr().String())
 	}
 	req.Close = true // one request per forward connection
+}
+
+// forwardOnce is one try of forward; dropped reports a try that a stopping
+// worker read and let go of without a byte of response, nothing written to
+// c yet.
+func (r *rescuer) forwardOnce(c net.Conn, br *bufio.Reader, req *http.Request, h *heldConn, ends time.Time) (more, ok, dropped bool) {
+	t := r.targets[h.port]
+	bc, err := net.DialTimeout("tcp", t.forward, time.Until(ends))
+	if err != nil {
+		r.badGateway(c, err)
+		return false, false, false
+	}
+	defer bc.Close()
+	local := bc.LocalAddr().(*net.TCPAddr).AddrPort()
+	fs := &forwardState{}
+	r.m.forwards.Store(local, fs)
+	defer r.m.forwards.Delete(local)
+	bc.SetDeadline(ends)
 	if err := req.Write(bc); err != nil {
 		r.badGateway(c, err)
-		return false, false
+		return false, false, false
 	}
 	inq := 0
 	if sc, err := c.(*net.TCPConn).SyscallConn(); err == nil {
@@ -275,8 +332,11 @@ func (r *rescuer) forward(c net.Conn, br *bufio.Reader, req *http.Request, h *he
 	for {
 		resp, err = http.ReadResponse(bbr, req)
 		if err != nil {
+			if fs.dropped.Load() {
+				return false, false, true
+			}
 			r.badGateway(c, err)
-			return false, false
+			return false, false, false
 		}
 		if resp.StatusCode >= 200 || resp.StatusCode == http.StatusSwitchingProtocols {
 			break
@@ -295,9 +355,9 @@ func (r *rescuer) forward(c net.Conn, br *bufio.Reader, req *http.Request, h *he
 		resp.Header.Set("Connection", "close")
 	}
 	if err := resp.Write(c); err != nil {
-		return false, false
+		return false, false, false
 	}
-	return more, true
+	return more, true, false
 }
 
 // badGateway answers a request whose forward got no response.

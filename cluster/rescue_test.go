@@ -1,0 +1,426 @@
+package cluster
+
+import (
+	"bufio"
+	"os"
+	"crypto/tls"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// Workers at their own default stop (Server.Shutdown closes idle keep-alive
+// connections at once; a server with no handler dies on the signal), four
+// reloads under a keep-alive and a new-connection load: with rescue not one
+// request fails and no keep-alive connection goes stale.
+func TestRescue_DefaultStopUnderLoad(t *testing.T) {
+	for _, mode := range []string{modeShutdownNow, modeDieOnTerm} {
+		for _, keepAlive := range []bool{true, false} {
+			name := mode + "/new-conn"
+			if keepAlive {
+				name = mode + "/keep-alive"
+			}
+			t.Run(name, func(t *testing.T) {
+				h := newHarness(t, Config{Workers: 2})
+				h.mustReload(h.release("v0", "HELPER_MODE="+mode))
+				run := startLoadOpts(t, h.addr, 16, keepAlive)
+				waitOK(t, run, 50)
+				var total RescueStats
+				for i := 1; i <= 4; i++ {
+					res := h.mustReload(h.release("v"+itoa(i), "HELPER_MODE="+mode))
+					total.add(res.Rescued)
+					waitOK(t, run, 50)
+				}
+				assertClean(t, run, false)
+				t.Logf("rescue: %s", total)
+				if keepAlive && total.Forwarded == 0 {
+					t.Errorf("no request was rescued under keep-alive load: %s", total)
+				}
+				if st := h.m.Status().Rescued; st.Held != total.Held {
+					t.Errorf("status totals %+v, want those of the reloads %+v", st, total)
+				}
+			})
+		}
+	}
+}
+
+// The same reloads with rescue off show what it saves; the count is logged,
+// not asserted: it is the servers' own loss.
+func TestRescue_OffLosesWhatTheWorkerDrops(t *testing.T) {
+	h := newHarnessOn(t, Config{Workers: 2}, ListenSpec{Name: "http", Address: "127.0.0.1:0", NoRescue: true})
+	h.mustReload(h.release("v0", "HELPER_MODE="+modeShutdownNow))
+	run := startLoadOpts(t, h.addr, 16, os.Getenv("OFF_FRESH") == "")
+	waitOK(t, run, 50)
+	for i := 1; i <= 4; i++ {
+		res := h.mustReload(h.release("v"+itoa(i), "HELPER_MODE="+modeShutdownNow))
+		if res.Rescued.Held != 0 {
+			t.Errorf("rescue off, but %d connections held", res.Rescued.Held)
+		}
+		waitOK(t, run, 50)
+	}
+	r := run.Stop()
+	t.Logf("rescue off: %s", r)
+}
+
+// A worker that dies mid-request has read the request: nothing can be
+// rescued, and the client is not kept waiting for the linger.
+func TestRescue_AbandonedRequestClosedAtOnce(t *testing.T) {
+	h := newHarness(t, Config{Workers: 1, RescueLinger: 5 * time.Second})
+	h.mustReload(h.release("v0", "HELPER_MODE="+modeDieOnTerm, "HELPER_SLEEP=30s"))
+	c, err := net.Dial("tcp", h.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	fmt.Fprint(c, "GET /slow HTTP/1.1\r\nHost: t\r\n\r\n")
+	// The request must be read by v0 before it is retired.
+	if !waitFor(5*time.Second, func() bool { return h.inFlight() }) {
+		t.Fatal("v0 never read the request")
+	}
+	res := h.mustReload(h.release("v1", "HELPER_MODE="+modeDieOnTerm))
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	start := time.Now()
+	n, err := c.Read(make([]byte, 1))
+	took := time.Since(start)
+	t.Logf("client: %d bytes, %v after %s; rescue: %s", n, err, took, res.Rescued)
+	if n != 0 || err == nil {
+		t.Errorf("the abandoned client got %d bytes, %v; want the connection closed", n, err)
+	}
+	if res.Rescued.Abandoned != 1 {
+		t.Errorf("rescue %s; want 1 abandoned", res.Rescued)
+	}
+	// Reload returns once the rescued connections ended: the linger (5s)
+	// did not hold this one.
+	if res.RetiredAfter > 4*time.Second {
+		t.Errorf("retiring took %s: the abandoned connection waited for the linger", res.RetiredAfter)
+	}
+}
+
+// inFlight reports whether a worker is in the /slow handler (it says so
+// with STATUS=).
+func (h *harness) inFlight() bool {
+	for _, g := range h.m.Status().Generations {
+		for _, w := range g.Workers {
+			if w.Status == "in /slow" {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// An HTTP/1.0 client reads its response until the server closes. When the
+// worker closes with close(2) alone, rescue holds the connection open for
+// the linger: every response is complete, and the added wait is bounded by
+// the linger.
+func TestRescue_HTTP10WaitsAtMostTheLinger(t *testing.T) {
+	const linger = 200 * time.Millisecond
+	h := newHarness(t, Config{Workers: 2, RescueLinger: linger})
+	h.mustReload(h.release("v0", "HELPER_MODE="+modeCloseOnly))
+	var stop atomic.Bool
+	var mu sync.Mutex // guards worst, bad, n
+	var worst time.Duration
+	var bad []string
+	n := 0
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for !stop.Load() {
+				start := time.Now()
+				body, err := http10Get(h.addr)
+				took := time.Since(start)
+				mu.Lock()
+				n++
+				worst = max(worst, took)
+				if err != nil || !strings.HasPrefix(body, "v") {
+					bad = append(bad, fmt.Sprintf("%q %v", body, err))
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+	var total RescueStats
+	for i := 1; i <= 4; i++ {
+		res := h.mustReload(h.release("v"+itoa(i), "HELPER_MODE="+modeCloseOnly))
+		total.add(res.Rescued)
+	}
+	stop.Store(true)
+	wg.Wait()
+	t.Logf("%d HTTP/1.0 requests, slowest %s, rescue %s", n, worst, total)
+	if len(bad) > 0 {
+		t.Errorf("%d of %d HTTP/1.0 requests failed: %v", len(bad), n, bad[:min(len(bad), 5)])
+	}
+	// A response held for the linger is done within it plus the time to
+	// get scheduled on a loaded box.
+	if worst > linger+3*time.Second {
+		t.Errorf("slowest HTTP/1.0 request took %s with a %s linger", worst, linger)
+	}
+}
+
+// http10Get sends one HTTP/1.0 request and reads until the server closes.
+func http10Get(addr string) (string, error) {
+	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.WriteString(c, "GET / HTTP/1.0\r\n\r\n"); err != nil {
+		return "", err
+	}
+	b, err := io.ReadAll(c)
+	if err != nil {
+		return "", err
+	}
+	_, body, ok := strings.Cut(string(b), "\r\n\r\n")
+	if !ok {
+		return "", fmt.Errorf("no complete response: %q", b)
+	}
+	return body, nil
+}
+
+// Bytes that are not HTTP/1.x are never answered by rescue: a line
+// protocol's client only ever reads its server's own lines, whatever the
+// stop does to its connections.
+func TestRescue_NeverAnswersOtherProtocols(t *testing.T) {
+	h := newHarness(t, Config{Workers: 2, Readiness: Readiness{Mode: ModeDelay, Delay: 300 * time.Millisecond}})
+	h.mustReload(h.release("v0", "HELPER_MODE="+modeLine))
+	var stop atomic.Bool
+	var mu sync.Mutex // guards foreign, pongs
+	var foreign []string
+	pongs := 0
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for !stop.Load() {
+				c, err := net.DialTimeout("tcp", h.addr, 5*time.Second)
+				if err != nil {
+					continue
+				}
+				c.SetDeadline(time.Now().Add(5 * time.Second))
+				br := bufio.NewReader(c)
+				for !stop.Load() {
+					if _, err := io.WriteString(c, "ping\n"); err != nil {
+						break
+					}
+					line, err := br.ReadString('\n')
+					if err != nil {
+						if line != "" {
+							mu.Lock()
+							foreign = append(foreign, line)
+							mu.Unlock()
+						}
+						break
+					}
+					mu.Lock()
+					if line == "pong\n" {
+						pongs++
+					} else {
+						foreign = append(foreign, line)
+					}
+					mu.Unlock()
+				}
+				c.Close()
+			}
+		}()
+	}
+	var total RescueStats
+	for i := 1; i <= 3; i++ {
+		res := h.mustReload(h.release("v"+itoa(i), "HELPER_MODE="+modeLine))
+		total.add(res.Rescued)
+	}
+	stop.Store(true)
+	wg.Wait()
+	t.Logf("%d pongs; rescue %s", pongs, total)
+	if len(foreign) > 0 {
+		t.Errorf("the line client read what its server never wrote: %q", foreign[:min(len(foreign), 5)])
+	}
+	if total.Forwarded != 0 {
+		t.Errorf("rescue forwarded a line protocol: %s", total)
+	}
+	if pongs == 0 {
+		t.Error("no pong at all")
+	}
+}
+
+// A TLS server on the inherited socket: rescue sees TLS records, not a
+// request line, and leaves them alone; it never writes plain HTTP into a
+// TLS connection (the client would report a malformed record).
+func TestRescue_LeavesTLSAlone(t *testing.T) {
+	h := newHarness(t, Config{Workers: 2})
+	cert, key := writeTestCert(t, t.TempDir())
+	rel := func(id string) GenerationSpec {
+		return h.release(id, "HELPER_MODE="+modeTLS, "HELPER_CERT="+cert, "HELPER_KEY="+key)
+	}
+	h.mustReload(rel("v0"))
+	tr := &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}, MaxIdleConnsPerHost: 4, DisableCompression: true}
+	defer tr.CloseIdleConnections()
+	client := &http.Client{Transport: tr, Timeout: 5 * time.Second}
+	var stop atomic.Bool
+	var mu sync.Mutex // guards malformed, ok, errs
+	var malformed []string
+	ok, errs := 0, 0
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for !stop.Load() {
+				resp, err := client.Get("https://" + h.addr + "/")
+				mu.Lock()
+				if err != nil {
+					errs++
+					if s := err.Error(); strings.Contains(s, "record") || strings.Contains(s, "HTTP") {
+						malformed = append(malformed, s)
+					}
+				} else {
+					io.Copy(io.Discard, resp.Body)
+					resp.Body.Close()
+					ok++
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+	var total RescueStats
+	for i := 1; i <= 3; i++ {
+		res := h.mustReload(rel("v" + itoa(i)))
+		total.add(res.Rescued)
+	}
+	stop.Store(true)
+	wg.Wait()
+	t.Logf("TLS: %d ok, %d errors (the server's own stop); rescue %s", ok, errs, total)
+	if len(malformed) > 0 {
+		t.Errorf("rescue wrote into TLS connections: %q", malformed[:min(len(malformed), 5)])
+	}
+	if total.Forwarded != 0 {
+		t.Errorf("rescue forwarded TLS bytes: %s", total)
+	}
+	if ok == 0 {
+		t.Error("no TLS request succeeded")
+	}
+}
+
+// A client that pipelines three requests at a time: every response it gets
+// is complete and answers its own request, in order, across reloads of a
+// server that drops idle connections at once. Requests left unanswered
+// after a "Connection: close" response are the client's to resend and are
+// counted apart.
+func TestRescue_Pipelining(t *testing.T) {
+	h := newHarness(t, Config{Workers: 2})
+	h.mustReload(h.release("v0", "HELPER_MODE="+modeShutdownNow))
+	var stop atomic.Bool
+	var mu sync.Mutex // guards answered, unanswered, wrong
+	answered, unanswered := 0, 0
+	var wrong []string
+	var wg sync.WaitGroup
+	for w := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for seq := 0; !stop.Load(); {
+				c, err := net.DialTimeout("tcp", h.addr, 5*time.Second)
+				if err != nil {
+					continue
+				}
+				c.SetDeadline(time.Now().Add(5 * time.Second))
+				br := bufio.NewReader(c)
+				for !stop.Load() {
+					var paths []string
+					var req strings.Builder
+					for range 3 {
+						seq++
+						p := fmt.Sprintf("/w%d-%d", w, seq)
+						paths = append(paths, p)
+						fmt.Fprintf(&req, "GET %s HTTP/1.1\r\nHost: t\r\n\r\n", p)
+					}
+					if _, err := io.WriteString(c, req.String()); err != nil {
+						break
+					}
+					closed := false
+					for i, p := range paths {
+						resp, err := http.ReadResponse(br, nil)
+						if err != nil {
+							mu.Lock()
+							unanswered += len(paths) - i
+							mu.Unlock()
+							closed = true
+							break
+						}
+						b, err := io.ReadAll(resp.Body)
+						resp.Body.Close()
+						mu.Lock()
+						if err != nil || !strings.HasSuffix(string(b), " "+p) {
+							wrong = append(wrong, fmt.Sprintf("%s got %q %v", p, b, err))
+						} else {
+							answered++
+						}
+						mu.Unlock()
+						if resp.Close {
+							mu.Lock()
+							unanswered += len(paths) - i - 1
+							mu.Unlock()
+							closed = true
+							break
+						}
+					}
+					if closed {
+						break
+					}
+				}
+				c.Close()
+			}
+		}()
+	}
+	var total RescueStats
+	for i := 1; i <= 4; i++ {
+		res := h.mustReload(h.release("v"+itoa(i), "HELPER_MODE="+modeShutdownNow))
+		total.add(res.Rescued)
+	}
+	stop.Store(true)
+	wg.Wait()
+	t.Logf("pipelining: %d answered in order, %d left for the client to resend; rescue %s", answered, unanswered, total)
+	if len(wrong) > 0 {
+		t.Errorf("%d responses incomplete or out of order: %q", len(wrong), wrong[:min(len(wrong), 5)])
+	}
+	if answered == 0 {
+		t.Error("nothing answered")
+	}
+}
+
+func TestRequestLine(t *testing.T) {
+	tests := []struct {
+		in   string
+		want lineKind
+	}{
+		{in: "GET / HTTP/1.1\r\nHost: x\r\n", want: lineHTTP},
+		{in: "POST /a?b=c HTTP/1.0\r\n", want: lineHTTP},
+		{in: "GET / HTTP/1.1\n", want: lineHTTP},
+		{in: "GE", want: linePartial},
+		{in: "GET /long/path/without/end", want: linePartial},
+		{in: "\x16\x03\x01\x02\x00", want: lineOther},
+		{in: "PRI * HTTP/2.0\r\n", want: lineOther},
+		{in: "ping\n", want: lineOther},
+		{in: "get / HTTP/1.1\r\n", want: lineOther},
+		{in: " GET / HTTP/1.1\r\n", want: lineOther},
+		{in: "GET /\r\n", want: lineOther},
+		{in: "VERYLONGMETHODNAMEXX / HTTP/1.1\r\n", want: lineOther},
+	}
+	for _, tc := range tests {
+		t.Run(tc.in, func(t *testing.T) {
+			if got := requestLine([]byte(tc.in)); got != tc.want {
+				t.Errorf("requestLine(%q) = %v, want %v", tc.in, got, tc.want)
+			}
+		})
+	}
+}
