@@ -173,9 +173,10 @@ func (s *slot) watch(p *proc) {
 
 // stop stops every worker: sig to each process group, SIGKILL to the group
 // at deadline. With unreadyDeadline set, workers that never got ready get
-// SIGKILL at that (earlier) time instead. It returns when every slot
+// SIGKILL at that (earlier) time instead. signalled, if not nil, runs once
+// every worker was sent sig, before the wait. It returns when every slot
 // goroutine is done and every process reaped.
-func (g *generation) stop(sig syscall.Signal, deadline, unreadyDeadline time.Time) {
+func (g *generation) stop(sig syscall.Signal, deadline, unreadyDeadline time.Time, signalled func()) {
 	m := g.m
 	m.mu.Lock()
 	select {
@@ -193,16 +194,22 @@ func (g *generation) stop(sig syscall.Signal, deadline, unreadyDeadline time.Tim
 		}
 	}
 	m.mu.Unlock()
+	for _, p := range procs {
+		if !unreadyDeadline.IsZero() && !p.isReady() {
+			p.signalStop(sig, unreadyDeadline)
+		} else {
+			p.signalStop(sig, deadline)
+		}
+	}
+	if signalled != nil {
+		signalled()
+	}
 	var wg sync.WaitGroup
 	for _, p := range procs {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if !unreadyDeadline.IsZero() && !p.isReady() {
-				p.stop(sig, unreadyDeadline)
-				return
-			}
-			p.stop(sig, deadline)
+			p.awaitStop()
 		}()
 	}
 	wg.Wait()

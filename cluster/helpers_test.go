@@ -135,7 +135,7 @@ func runWorkerRole(mode string) int {
 		return 0 // the grandchild lingers; the group kill ends it
 	case modeAcceptRaw:
 		return acceptRaw(body)
-	case modeShutdownNow, modeDieOnTerm, modeLine, modeTLS:
+	case modeCloseIdle, modeShutdownNow, modeDieOnTerm, modeLine, modeTLS, modeCloseOnly:
 		return serveRude(mode, body)
 	}
 	return serve(mode, body)

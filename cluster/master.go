@@ -246,7 +246,7 @@ func (m *Master) Reload(ctx context.Context, spec GenerationSpec, events func(Re
 	if old != nil {
 		m.emit(ReloadEvent{Kind: "retiring", Generation: old.id})
 		deadline := time.Now().Add(m.cfg.DrainTimeout)
-		rescued = m.stopRescuing(old, func() { old.stop(m.cfg.StopSignal, deadline, time.Time{}) }, deadline)
+		rescued = m.stopRescuing(old, deadline, func(signalled func()) { old.stop(m.cfg.StopSignal, deadline, time.Time{}, signalled) })
 		m.removeGen(old)
 		m.emit(ReloadEvent{Kind: "retired", Generation: old.id})
 		m.log.Info("Generation retired", "gen", old.id)
@@ -257,9 +257,10 @@ func (m *Master) Reload(ctx context.Context, spec GenerationSpec, events func(Re
 // stopRescuing runs stop, which stops generation g and returns once its
 // processes are reaped, with connection rescue around it when another
 // generation serves: the connections g's workers let go of are taken over
-// (see rescue.go). It returns what rescue did, also logged, emitted as a
-// "rescue" event and added to the master's totals.
-func (m *Master) stopRescuing(g *generation, stop func(), deadline time.Time) RescueStats {
+// (see rescue.go). stop must call signalled once it sent the stop signal to
+// every worker and before it waits for them. It returns what rescue did,
+// also logged, emitted as a "rescue" event and added to the master's totals.
+func (m *Master) stopRescuing(g *generation, deadline time.Time, stop func(signalled func())) RescueStats {
 	m.mu.Lock()
 	serving := m.serving != nil && m.serving != g
 	m.mu.Unlock()
@@ -267,17 +268,18 @@ func (m *Master) stopRescuing(g *generation, stop func(), deadline time.Time) Re
 	if serving {
 		r = m.startRescue(g, deadline)
 	}
-	stop()
 	if r == nil {
+		stop(nil)
 		return RescueStats{}
 	}
+	stop(r.thaw)
 	st := r.finish()
 	m.mu.Lock()
 	m.rescued.add(st)
 	m.mu.Unlock()
 	if st.Held > 0 || st.Error != "" {
 		m.log.Info("Connections rescued", "gen", g.id, "held", st.Held, "forwarded", st.Forwarded, "requests", st.Requests,
-			"idle", st.Idle, "gone", st.Gone, "abandoned", st.Abandoned, "refused", st.Refused, "failed", st.Failed)
+			"replayed", st.Replayed, "idle", st.Idle, "gone", st.Gone, "abandoned", st.Abandoned, "refused", st.Refused, "failed", st.Failed)
 		m.emit(ReloadEvent{Kind: "rescue", Generation: g.id, Message: st.String()})
 	}
 	return st
@@ -444,7 +446,9 @@ func (m *Master) fail(g *generation, cause error, start time.Time) error {
 	if m.cfg.Readiness.Mode == ModeListen {
 		unready = now.Add(min(m.cfg.DrainTimeout, unreadyGrace))
 	}
-	m.stopRescuing(g, func() { g.stop(m.cfg.StopSignal, now.Add(m.cfg.DrainTimeout), unready) }, now.Add(m.cfg.DrainTimeout))
+	m.stopRescuing(g, now.Add(m.cfg.DrainTimeout), func(signalled func()) {
+		g.stop(m.cfg.StopSignal, now.Add(m.cfg.DrainTimeout), unready, signalled)
+	})
 	for i := range failures {
 		if p := procs[i]; p != nil {
 			failures[i].LastLines = p.lastLines()
@@ -511,7 +515,7 @@ func (m *Master) Shutdown(ctx context.Context) error {
 			var wg sync.WaitGroup
 			for _, g := range gens {
 				wg.Add(1)
-				go func() { defer wg.Done(); g.stop(m.cfg.StopSignal, deadline, time.Time{}) }()
+				go func() { defer wg.Done(); g.stop(m.cfg.StopSignal, deadline, time.Time{}, nil) }()
 			}
 			wg.Wait()
 			m.reloadWG.Wait()

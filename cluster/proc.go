@@ -301,18 +301,32 @@ func (p *proc) settleGroup() {
 // stop sends sig to the process group and waits until the worker is reaped,
 // sending SIGKILL to the group at deadline.
 func (p *proc) stop(sig syscall.Signal, deadline time.Time) {
+	p.signalStop(sig, deadline)
+	p.awaitStop()
+}
+
+// signalStop marks the worker stopping with deadline (the first deadline
+// given stays) and sends sig to its process group unless it has exited.
+func (p *proc) signalStop(sig syscall.Signal, deadline time.Time) {
 	p.mu.Lock()
 	if !p.stopping {
 		p.stopping = true
 		p.deadline = deadline
 	}
-	deadline = p.deadline
 	p.mu.Unlock()
 	select {
 	case <-p.exited:
 	default:
 		syscall.Kill(-p.pid, sig)
 	}
+}
+
+// awaitStop waits until the worker is reaped, sending SIGKILL to the group
+// at its deadline.
+func (p *proc) awaitStop() {
+	p.mu.Lock()
+	deadline := p.deadline
+	p.mu.Unlock()
 	t := time.NewTimer(time.Until(deadline))
 	defer t.Stop()
 	select {

@@ -46,6 +46,7 @@ type RescueStats struct {
 	Held      int64  `json:"held"`            // connections copied from the stopping processes
 	Forwarded int64  `json:"forwarded"`       // connections whose waiting request(s) went to the serving generation
 	Requests  int64  `json:"requests"`        // requests forwarded (pipelining: several a connection)
+	Replayed  int64  `json:"replayed"`        // of those, requests a stopping worker had read and dropped unanswered, sent again
 	Idle      int64  `json:"idle"`            // closed after the linger with nothing to read, as the worker meant to
 	Gone      int64  `json:"gone"`            // the client had closed, or the worker had shut the connection down: closed at once
 	Abandoned int64  `json:"abandoned"`       // the worker read a request and never answered it: closed at once
@@ -59,6 +60,7 @@ func (s *RescueStats) add(o RescueStats) {
 	s.Held += o.Held
 	s.Forwarded += o.Forwarded
 	s.Requests += o.Requests
+	s.Replayed += o.Replayed
 	s.Idle += o.Idle
 	s.Gone += o.Gone
 	s.Abandoned += o.Abandoned
@@ -118,6 +120,7 @@ type rescuer struct {
 	rejected map[uint64]bool      // inodes looked at that are not rescued
 	pidfds   map[int]int          // pid -> pidfd
 	members  []int                // processes of the stopping groups
+	frozen   []int                // process groups freeze stopped
 
 	stop    chan struct{}
 	done    chan struct{}
@@ -127,7 +130,7 @@ type rescuer struct {
 }
 
 type rescueCounters struct {
-	held, forwarded, requests, idle, gone, abandoned, refused, failed atomic.Int64
+	held, forwarded, requests, replayed, idle, gone, abandoned, refused, failed atomic.Int64
 }
 
 // heldConn is the master's copy of one client connection.
@@ -137,12 +140,63 @@ type heldConn struct {
 	peer     netip.AddrPort
 	port     uint16
 	internal bool // the server side of one of the master's own forwards
+	snap     connSnapshot
+	// sent is tcpi_bytes_sent as last seen, rcvdAtSend tcpi_bytes_received
+	// when sent was last seen to grow: bytes received past it and read with
+	// nothing sent since are a request the worker dropped.
+	sent, rcvdAtSend uint64
 }
 
-// startRescue takes a first copy of every client connection the processes
-// of g hold, before they are signalled, and starts polling for more and for
-// the ones they let go of. It returns nil when nothing is to be rescued: no
-// rescued socket, rescue refused before, or no other generation serving.
+// connSnapshot is what a held connection had waiting to be read at one
+// moment, with the byte counts of that moment: if the worker later reads
+// exactly those bytes and lets go of the connection with nothing sent, it
+// dropped them unanswered, and they are still known.
+type connSnapshot struct {
+	data       []byte
+	rcvd, sent uint64 // tcpi_bytes_received, tcpi_bytes_sent
+}
+
+// maxSnapshot bounds the bytes kept per held connection.
+const maxSnapshot = 16 << 10
+
+// snapshot records what h has waiting to be read, when that changed since
+// the last snapshot; a read in between (the counts moved) leaves it as it
+// was.
+func (h *heldConn) snapshot() {
+	if ti, err := unix.GetsockoptTCPInfo(h.fd, unix.IPPROTO_TCP, unix.TCP_INFO); err == nil && (ti.Bytes_sent != h.sent || h.rcvdAtSend == 0) {
+		h.sent, h.rcvdAtSend = ti.Bytes_sent, ti.Bytes_received
+	}
+	inq, err := unix.IoctlGetInt(h.fd, unix.SIOCINQ)
+	if err != nil || inq == 0 || inq > maxSnapshot || inq == len(h.snap.data) {
+		return
+	}
+	before, err := unix.GetsockoptTCPInfo(h.fd, unix.IPPROTO_TCP, unix.TCP_INFO)
+	if err != nil {
+		return
+	}
+	buf := make([]byte, inq)
+	n, _, err := unix.Recvfrom(h.fd, buf, unix.MSG_PEEK|unix.MSG_DONTWAIT)
+	if err != nil || n != inq {
+		return
+	}
+	after, err := unix.GetsockoptTCPInfo(h.fd, unix.IPPROTO_TCP, unix.TCP_INFO)
+	if err != nil || after.Bytes_received != before.Bytes_received || after.Bytes_sent != before.Bytes_sent {
+		return
+	}
+	if n2, _ := unix.IoctlGetInt(h.fd, unix.SIOCINQ); n2 != inq {
+		return
+	}
+	h.snap = connSnapshot{data: buf, rcvd: after.Bytes_received, sent: after.Bytes_sent}
+}
+
+// startRescue freezes the process groups of g's workers (SIGSTOP), takes a
+// copy of every client connection they hold with a snapshot of what waits
+// in it, and starts polling for more and for the ones they let go of. The
+// groups stay frozen until thaw, which the caller runs once it has sent them
+// the stop signal: no worker accepts a connection or reads a request between
+// the copy and the signal, and one that dies of the signal dies on waking,
+// before it accepts another. It returns nil when nothing is to be rescued:
+// no rescued socket, rescue refused before, or no other generation serving.
 func (m *Master) startRescue(g *generation, deadline time.Time) *rescuer {
 	if m.rescueOff.Load() {
 		return nil
@@ -157,10 +211,73 @@ func (m *Master) startRescue(g *generation, deadline time.Time) *rescuer {
 		held: map[uint64]*heldConn{}, rejected: map[uint64]bool{}, pidfds: map[int]int{},
 		stop: make(chan struct{}), done: make(chan struct{}),
 	}
+	r.freeze()
 	r.refreshMembers()
 	r.poll()
 	go r.run()
 	return r
+}
+
+// freezeWait bounds the wait for a frozen group's threads to stop: a thread
+// in uninterruptible sleep stops only when it wakes.
+const freezeWait = 200 * time.Millisecond
+
+// freeze sends SIGSTOP to each live worker's process group and waits until
+// their threads are stopped.
+func (r *rescuer) freeze() {
+	r.m.mu.Lock()
+	for _, s := range r.g.slots {
+		if p := s.proc; p != nil && !chanClosed(p.exited) {
+			r.frozen = append(r.frozen, p.pid)
+		}
+	}
+	r.m.mu.Unlock()
+	for _, pgid := range r.frozen {
+		syscall.Kill(-pgid, syscall.SIGSTOP)
+	}
+	deadline := time.Now().Add(freezeWait)
+	for _, pgid := range r.frozen {
+		for _, pid := range append([]int{pgid}, groupMembers(pgid, true)...) {
+			for !threadsStopped(pid) && time.Now().Before(deadline) {
+				time.Sleep(100 * time.Microsecond)
+			}
+		}
+	}
+}
+
+// thaw sends SIGCONT to the groups freeze stopped.
+func (r *rescuer) thaw() {
+	for _, pgid := range r.frozen {
+		syscall.Kill(-pgid, syscall.SIGCONT)
+	}
+}
+
+// threadsStopped reports whether every thread of pid is stopped (or pid is
+// gone).
+func threadsStopped(pid int) bool {
+	base := "/proc/" + strconv.Itoa(pid) + "/task/"
+	d, err := os.Open(base)
+	if err != nil {
+		return true
+	}
+	tids, _ := d.Readdirnames(-1)
+	d.Close()
+	for _, tid := range tids {
+		b, err := os.ReadFile(base + tid + "/stat")
+		if err != nil {
+			continue
+		}
+		i := strings.LastIndexByte(string(b), ')')
+		if i < 0 || i+2 >= len(b) {
+			continue
+		}
+		switch b[i+2] {
+		case 'T', 't', 'Z', 'X':
+		default:
+			return false
+		}
+	}
+	return true
 }
 
 // finish is called once every process of the generation is reaped: it lets
@@ -172,7 +289,7 @@ func (r *rescuer) finish() RescueStats {
 	r.conns.Wait()
 	c := &r.stats
 	st := RescueStats{
-		Held: c.held.Load(), Forwarded: c.forwarded.Load(), Requests: c.requests.Load(),
+		Held: c.held.Load(), Forwarded: c.forwarded.Load(), Requests: c.requests.Load(), Replayed: c.replayed.Load(),
 		Idle: c.idle.Load(), Gone: c.gone.Load(), Abandoned: c.abandoned.Load(),
 		Refused: c.refused.Load(), Failed: c.failed.Load(),
 	}
@@ -238,6 +355,9 @@ func (r *rescuer) poll() {
 	}
 	for ino, h := range r.held {
 		if present[ino] {
+			if !h.internal {
+				h.snapshot()
+			}
 			continue
 		}
 		delete(r.held, ino)
@@ -310,6 +430,7 @@ func (r *rescuer) copyConn(pid, fd int, ino uint64) {
 	}
 	r.held[ino] = h
 	if !h.internal {
+		h.snapshot()
 		r.stats.held.Add(1)
 	}
 }

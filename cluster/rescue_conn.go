@@ -64,10 +64,22 @@ func (r *rescuer) release(h *heldConn) {
 			r.end(h, nil)
 			return
 		}
+		// The worker read exactly what the last snapshot saw waiting and
+		// sent nothing since: it dropped that unanswered, and it is known.
+		if s := h.snap; len(s.data) > 0 && s.rcvd == ti.Bytes_received && s.sent == ti.Bytes_sent {
+			if replayableBytes(s.data) {
+				r.stats.replayed.Add(1)
+				r.serve(h, s.data)
+			} else {
+				r.end(h, &r.stats.abandoned)
+			}
+			return
+		}
 		// A request read and nothing sent since: the worker dropped it
 		// (it died, or it gave up on what it read while stopping). The
 		// times are in milliseconds since the last data each way.
-		if (ti.Bytes_sent == 0 && ti.Bytes_received > 0) || ti.Last_data_recv < ti.Last_data_sent {
+		droppedRead := ti.Bytes_sent == h.sent && ti.Bytes_received > h.rcvdAtSend
+		if droppedRead || (ti.Bytes_sent == 0 && ti.Bytes_received > 0) || ti.Last_data_recv < ti.Last_data_sent {
 			r.end(h, &r.stats.abandoned)
 			return
 		}
@@ -87,7 +99,14 @@ func (r *rescuer) release(h *heldConn) {
 		r.end(h, &r.stats.refused)
 		return
 	}
-	r.serve(h)
+	r.serve(h, nil)
+}
+
+// replayableBytes reports whether b starts with a whole request that may be
+// sent again (replayable).
+func replayableBytes(b []byte) bool {
+	req, err := http.ReadRequest(bufio.NewReader(bytes.NewReader(b)))
+	return err == nil && replayable(req) && req.Header.Get("Upgrade") == ""
 }
 
 // end closes the master's copy, counting the outcome in c (if not nil).
@@ -201,8 +220,9 @@ func requestLine(b []byte) lineKind {
 	return lineOther
 }
 
-// serve answers the requests waiting on h through the serving generation.
-func (r *rescuer) serve(h *heldConn) {
+// serve answers the requests waiting on h through the serving generation,
+// reading prefix (what a worker read and dropped) before the socket.
+func (r *rescuer) serve(h *heldConn, prefix []byte) {
 	f := os.NewFile(uintptr(h.fd), "rescued")
 	c, err := net.FileConn(f)
 	f.Close()
@@ -216,7 +236,11 @@ func (r *rescuer) serve(h *heldConn) {
 		ends = floor
 	}
 	c.SetDeadline(ends)
-	br := bufio.NewReader(c)
+	var src io.Reader = c
+	if len(prefix) > 0 {
+		src = io.MultiReader(bytes.NewReader(prefix), c)
+	}
+	br := bufio.NewReader(src)
 	first := true
 	for {
 		req, err := http.ReadRequest(br)
@@ -268,7 +292,7 @@ func (r *rescuer) forward(c net.Conn, br *bufio.Reader, req *http.Request, h *he
 	r.prepare(req, h)
 	for try := 0; ; try++ {
 		more, ok, dropped := r.forwardOnce(c, br, req, h, ends)
-		if !dropped || try > 0 || !replayable(req) {
+		if !dropped || try >= maxForwardTries-1 || !replayable(req) {
 			if dropped {
 				r.badGateway(c, errors.New("dropped unanswered by a stopping worker"))
 			}
@@ -277,6 +301,10 @@ func (r *rescuer) forward(c net.Conn, br *bufio.Reader, req *http.Request, h *he
 		r.m.log.Debug("Rescued request sent again", "gen", r.g.id, "peer", h.peer)
 	}
 }
+
+// maxForwardTries bounds the tries of one rescued request: each lands on
+// whichever worker accepts first, and stopping workers stop accepting soon.
+const maxForwardTries = 3
 
 // replayable: a request with no body whose method may be repeated.
 func replayable(req *http.Request) bool {

@@ -10,6 +10,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
+	"errors"
 	"fmt"
 	"math/big"
 	"net"
@@ -17,18 +18,21 @@ import (
 	"os"
 	"os/signal"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/coreos/go-systemd/v22/activation"
 	"github.com/coreos/go-systemd/v22/daemon"
+	"golang.org/x/sys/unix"
 )
 
 // Worker modes for connection rescue: servers at their own default stop,
 // with none of the care of serve.
 const (
-	modeShutdownNow = "shutdown-now" // net/http; SIGTERM → Server.Shutdown, which closes idle keep-alive connections at once
+	modeCloseIdle   = "close-idle"   // net/http; SIGTERM → stop accepting, close idle keep-alive connections at once, finish the rest (Node's server.close())
+	modeShutdownNow = "shutdown-now" // net/http; SIGTERM → Server.Shutdown, which closes idle keep-alive connections at once and drops a request it reads once stopping
 	modeDieOnTerm   = "die-on-term"  // net/http; no SIGTERM handler: dies on the signal, mid-request or not
 	modeLine        = "line"         // a line protocol ("ping" → "pong"); SIGTERM closes every connection at once
 	modeTLS         = "tls"          // net/http over TLS (HELPER_CERT, HELPER_KEY); SIGTERM → Server.Shutdown
@@ -42,16 +46,15 @@ func serveRude(mode, body string) int {
 	if mode != modeDieOnTerm {
 		signal.Notify(sig, syscall.SIGTERM)
 	}
+	if mode == modeCloseOnly {
+		return serveCloseOnly(body, sig)
+	}
 	ls, err := activation.Listeners()
 	if err != nil || len(ls) == 0 {
 		fmt.Fprintln(os.Stderr, "no inherited sockets:", err)
 		return 2
 	}
 	ln := ls[0]
-	if mode == modeCloseOnly {
-		ls[0].Close()
-		return serveCloseOnly(body, sig)
-	}
 	if mode == modeLine {
 		return serveLines(ln, sig)
 	}
@@ -64,16 +67,30 @@ func serveRude(mode, body string) int {
 		ln = tls.NewListener(ln, &tls.Config{Certificates: []tls.Certificate{cert}})
 	}
 	slow, _ := time.ParseDuration(os.Getenv("HELPER_SLEEP"))
+	var open sync.WaitGroup // connections not closed yet
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path == "/slow" {
 			daemon.SdNotify(false, "STATUS=in /slow")
 			time.Sleep(slow)
 		}
 		fmt.Fprint(w, body+" "+r.URL.Path)
-	})}
+	}), ConnState: func(_ net.Conn, s http.ConnState) {
+		switch s {
+		case http.StateNew:
+			open.Add(1)
+		case http.StateClosed, http.StateHijacked:
+			open.Done()
+		}
+	}}
 	go srv.Serve(ln)
 	fmt.Println("serving", mode)
 	<-sig
+	if mode == modeCloseIdle {
+		ln.Close()
+		srv.SetKeepAlivesEnabled(false) // closes idle connections now
+		open.Wait()
+		return 0
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	srv.Shutdown(ctx)
@@ -81,27 +98,36 @@ func serveRude(mode, body string) int {
 }
 
 // serveCloseOnly answers one request a connection, as HTTP/1.0 servers do:
-// the response ends with close(2), with no shutdown(2).
+// the response ends with close(2), with no shutdown(2). After the signal it
+// exits between connections, once none waits for it.
 func serveCloseOnly(body string, sig chan os.Signal) int {
-	var mu sync.Mutex // held while a connection is served; the signal waits for it
+	var stopping atomic.Bool
 	go func() {
 		<-sig
-		mu.Lock()
-		os.Exit(0)
+		stopping.Store(true)
 	}()
 	syscall.SetNonblock(3, false)
 	for {
-		nfd, _, err := syscall.Accept(3)
-		if err != nil {
+		pfd := []unix.PollFd{{Fd: 3, Events: unix.POLLIN}}
+		if n, _ := unix.Poll(pfd, 50); n <= 0 {
+			if stopping.Load() {
+				return 0
+			}
 			continue
 		}
-		mu.Lock()
+		nfd, _, err := syscall.Accept(3)
+		if errors.Is(err, syscall.EINTR) || errors.Is(err, syscall.EAGAIN) {
+			continue
+		}
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "accept:", err)
+			return 1
+		}
 		buf := make([]byte, 4096)
 		syscall.Read(nfd, buf)
 		resp := "HTTP/1.0 200 OK\r\n\r\n" + body
 		syscall.Write(nfd, []byte(resp))
 		syscall.Close(nfd)
-		mu.Unlock()
 	}
 }
 
