@@ -40,6 +40,7 @@ type AppConfig struct {
 	Env          map[string]string
 	StopSignal   syscall.Signal
 	DrainTimeout time.Duration
+	Adapter      string // none | node (nodeadapter.go)
 }
 
 type ListenConfig struct {
@@ -167,6 +168,7 @@ type rawConfig struct {
 		Env          tEnv      `toml:"env"`
 		StopSignal   tSignal   `toml:"stop_signal"`
 		DrainTimeout tDuration `toml:"drain_timeout"`
+		Adapter      tEnum     `toml:"adapter"`
 	} `toml:"app"`
 	Listen []struct {
 		Name    tName    `toml:"name"`
@@ -212,6 +214,7 @@ func defaultRaw() rawConfig {
 	r.App.Workers = tCount(runtime.NumCPU())
 	r.App.StopSignal = tSignal(syscall.SIGTERM)
 	r.App.DrainTimeout = tDuration(30 * time.Second)
+	r.App.Adapter = tEnum{allowed: []string{adapterNone, adapterNode}, V: adapterNone}
 	r.Readiness.Mode = tEnum{allowed: []string{"listen", "notify", "delay"}, V: "listen"}
 	r.Readiness.Timeout = tDuration(60 * time.Second)
 	r.Readiness.Delay = tDuration(2 * time.Second)
@@ -323,6 +326,7 @@ func parseConfig(path, src string) (*Config, error) {
 			Env:          map[string]string(raw.App.Env),
 			StopSignal:   syscall.Signal(raw.App.StopSignal),
 			DrainTimeout: time.Duration(raw.App.DrainTimeout),
+			Adapter:      raw.App.Adapter.V,
 		},
 		Readiness: ReadinessConfig{
 			Mode:      raw.Readiness.Mode.V,
