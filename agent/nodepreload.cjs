@@ -39,6 +39,7 @@
   const warned = new Set(); // ports warned about
   const adopted = []; // [server, state]
   let stopping = false;
+  let deferred = false; // the app's own handler took a stop signal
   let stoppedAt = 0;
 
   net.Server.prototype.listen = function listen(...args) {
@@ -165,10 +166,17 @@
 
   function onSignal() {
     // The app's own handler wins, whenever it was installed.
-    if (process.listeners(signal).some((l) => l !== onSignal)) return;
+    if (process.listeners(signal).some((l) => l !== onSignal)) {
+      if (!deferred) process.stderr.write(`${tag}: ${signal}: the app handles it\n`);
+      deferred = true; // say it once
+      return;
+    }
     if (stopping) return;
     stopping = true;
     stoppedAt = Date.now();
+    let open = 0;
+    for (const [, state] of adopted) open += state.conns.size;
+    process.stderr.write(`${tag}: ${signal}: stopping gracefully (${open} connection(s) open)\n`);
     setTimeout(() => {
       let open = 0;
       for (const [, state] of adopted) open += state.conns.size;
