@@ -28,8 +28,9 @@
   const config = parseConfig(process.env.HANDOFF_NODE_ADAPTER);
   if (!config) return;
   if (!require('node:worker_threads').isMainThread) return;
-  // A cluster worker's servers listen through its primary.
-  if (process.env.NODE_UNIQUE_ID !== undefined) return;
+  // A cluster worker's servers listen through its primary. (Node removes
+  // NODE_UNIQUE_ID from process.env before preloads run.)
+  if (require('node:cluster').isWorker) return;
 
   const net = require('node:net');
   const fs = require('node:fs');

@@ -211,6 +211,7 @@ type deployConfig struct {
 	mode    string // readiness mode
 	adapter string // [app] adapter; "" leaves it out
 	listen  string // [[listen]] address; "" is 127.0.0.1:0
+	timeout string // [readiness] timeout; "" is 15s
 }
 
 // startAgent writes deploy.toml and runs `agent run` until its control
@@ -234,6 +235,9 @@ func startAgent(t *testing.T, dc deployConfig) *agentRun {
 	if listen == "" {
 		listen = "127.0.0.1:0"
 	}
+	if dc.timeout == "" {
+		dc.timeout = "15s"
+	}
 	if dc.adapter != "" {
 		adapter = "adapter = " + q(dc.adapter) + "\n"
 	}
@@ -252,7 +256,7 @@ address = %s
 
 [readiness]
 mode = %s
-timeout = "15s"
+timeout = %s
 
 [restart]
 backoff_min = "50ms"
@@ -261,7 +265,7 @@ backoff_max = "1s"
 [fetch]
 allow = ["http"]
 require_checksum = true
-`, q(root), strings.Join(cmd, ", "), strings.Join(env, ", "), adapter, q(listen), q(dc.mode))
+`, q(root), strings.Join(cmd, ", "), strings.Join(env, ", "), adapter, q(listen), q(dc.mode), q(dc.timeout))
 	a := &agentRun{t: t, bin: bin, cfg: filepath.Join(dir, "deploy.toml"),
 		sock: filepath.Join(root, ".agent", "agent.sock"), out: &proctest.SyncBuffer{}, done: make(chan struct{})}
 	if err := os.WriteFile(a.cfg, []byte(text), 0o644); err != nil {
