@@ -43,6 +43,7 @@ type AppConfig struct {
 	StopSignal   syscall.Signal
 	DrainTimeout time.Duration
 	RescueLinger time.Duration
+	Adapter      string // none | node (nodeadapter.go)
 }
 
 type ListenConfig struct {
@@ -173,6 +174,7 @@ type rawConfig struct {
 		StopSignal   tSignal   `toml:"stop_signal"`
 		DrainTimeout tDuration `toml:"drain_timeout"`
 		RescueLinger tDuration `toml:"rescue_linger"`
+		Adapter      tEnum     `toml:"adapter"`
 	} `toml:"app"`
 	Listen []struct {
 		Name    tName    `toml:"name"`
@@ -221,6 +223,7 @@ func defaultRaw() rawConfig {
 	r.App.StopSignal = tSignal(syscall.SIGTERM)
 	r.App.DrainTimeout = tDuration(30 * time.Second)
 	r.App.RescueLinger = tDuration(cluster.DefaultRescueLinger)
+	r.App.Adapter = tEnum{allowed: []string{adapterNone, adapterNode}, V: adapterNone}
 	r.Readiness.Mode = tEnum{allowed: []string{"listen", "notify", "delay"}, V: "listen"}
 	r.Readiness.Timeout = tDuration(60 * time.Second)
 	r.Readiness.Delay = tDuration(2 * time.Second)
@@ -333,6 +336,7 @@ func parseConfig(path, src string) (*Config, error) {
 			StopSignal:   syscall.Signal(raw.App.StopSignal),
 			DrainTimeout: time.Duration(raw.App.DrainTimeout),
 			RescueLinger: time.Duration(raw.App.RescueLinger),
+			Adapter:      raw.App.Adapter.V,
 		},
 		Readiness: ReadinessConfig{
 			Mode:      raw.Readiness.Mode.V,

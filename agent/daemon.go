@@ -154,8 +154,18 @@ func runDaemon(cfg *Config, log *slog.Logger) int {
 	d.socks = socks
 	log.Info("Listening", "addrs", socks.Addrs())
 
+	env := cfg.App.EnvList()
+	if cfg.App.Adapter == adapterNode {
+		path, extra, err := setupNodeAdapter(cfg.App, cfg.Root, socks.Names(), socks.Addrs(), socks.Inodes(), !d.up.resumed)
+		if err != nil {
+			log.Error("Cannot set up the Node adapter", "err", err)
+			return exitFailed
+		}
+		env = append(env, extra...)
+		log.Info("Node adapter", "preload", path)
+	}
 	master, err := d.newMaster(cluster.Config{
-		Command: cfg.App.Command, Workers: cfg.App.Workers, Env: cfg.App.EnvList(), StopSignal: cfg.App.StopSignal,
+		Command: cfg.App.Command, Workers: cfg.App.Workers, Env: env, StopSignal: cfg.App.StopSignal,
 		DrainTimeout: cfg.App.DrainTimeout, RescueLinger: cfg.App.RescueLinger,
 		Readiness: cluster.Readiness{Mode: cfg.Readiness.Mode, Timeout: cfg.Readiness.Timeout, Quorum: cfg.Readiness.Quorum,
 			Delay: cfg.Readiness.Delay, Probation: cfg.Readiness.Probation},

@@ -39,4 +39,13 @@
 //     now at its path in place (same pid), handing over the sockets, the
 //     control socket and the serving generation, whose workers never restart;
 //     it is refused while an operation runs (see cluster.Master.Upgrade).
+//   - [app] adapter = "node": at start the agent writes nodepreload.cjs
+//     (embedded) to <root>/.agent/node/handoff-node-<hash>.cjs, in a 0700
+//     directory it owns, never into a release, and gives every worker
+//     NODE_OPTIONS = the app env's (else the agent's own) value with
+//     `--require "<that file>"` appended, and HANDOFF_NODE_ADAPTER (JSON: each
+//     socket's fd, name, address and inode; stop_signal; drain_ms). A fresh
+//     start removes other versions of the file; a start after an in-place
+//     upgrade keeps them (handed-over workers may still start Node processes
+//     that load theirs).
 package main

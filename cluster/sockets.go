@@ -298,6 +298,16 @@ func (s *Sockets) Addrs() []string { return append([]string(nil), s.addrs...) }
 // Names returns the socket names as workers see them in LISTEN_FDNAMES.
 func (s *Sockets) Names() []string { return append([]string(nil), s.names...) }
 
+// Inodes returns each socket's inode, in spec order: what a worker's fstat of
+// its fd 3, 4, … shows when that fd is the agent's socket.
+func (s *Sockets) Inodes() []uint64 {
+	out := make([]uint64, len(s.files))
+	for ino, i := range s.inodes {
+		out[i] = ino
+	}
+	return out
+}
+
 // Close closes every socket and removes the unix socket files this process
 // created (adopted ones belong to systemd). Call it after Master.Shutdown.
 func (s *Sockets) Close() error {

@@ -209,6 +209,9 @@ type deployConfig struct {
 	command []string
 	env     map[string]string
 	mode    string // readiness mode
+	adapter string // [app] adapter; "" leaves it out
+	listen  string // [[listen]] address; "" is 127.0.0.1:0
+	timeout string // [readiness] timeout; "" is 15s
 }
 
 // startAgent writes deploy.toml and runs `agent run` until its control
@@ -228,6 +231,16 @@ func startAgent(t *testing.T, dc deployConfig) *agentRun {
 		env = append(env, k+" = "+q(v))
 	}
 	sort.Strings(env)
+	listen, adapter := dc.listen, ""
+	if listen == "" {
+		listen = "127.0.0.1:0"
+	}
+	if dc.timeout == "" {
+		dc.timeout = "15s"
+	}
+	if dc.adapter != "" {
+		adapter = "adapter = " + q(dc.adapter) + "\n"
+	}
 	text := fmt.Sprintf(`root = %s
 keep_releases = 3
 
@@ -236,14 +249,14 @@ command = [%s]
 workers = 2
 env = { %s }
 drain_timeout = "15s"
-
+%s
 [[listen]]
 name = "http"
-address = "127.0.0.1:0"
+address = %s
 
 [readiness]
 mode = %s
-timeout = "15s"
+timeout = %s
 
 [restart]
 backoff_min = "50ms"
@@ -252,7 +265,7 @@ backoff_max = "1s"
 [fetch]
 allow = ["http"]
 require_checksum = true
-`, q(root), strings.Join(cmd, ", "), strings.Join(env, ", "), q(dc.mode))
+`, q(root), strings.Join(cmd, ", "), strings.Join(env, ", "), adapter, q(listen), q(dc.mode), q(dc.timeout))
 	a := &agentRun{t: t, bin: bin, cfg: filepath.Join(dir, "deploy.toml"),
 		sock: filepath.Join(root, ".agent", "agent.sock"), out: &proctest.SyncBuffer{}, done: make(chan struct{})}
 	if err := os.WriteFile(a.cfg, []byte(text), 0o644); err != nil {
