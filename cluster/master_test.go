@@ -33,8 +33,14 @@ type harness struct {
 
 func newHarness(t *testing.T, cfg Config) *harness {
 	t.Helper()
+	return newHarnessOn(t, cfg, ListenSpec{Name: "http", Address: "127.0.0.1:0"})
+}
+
+// newHarnessOn is newHarness on the socket of spec.
+func newHarnessOn(t *testing.T, cfg Config, spec ListenSpec) *harness {
+	t.Helper()
 	logger := slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	socks, err := OpenSockets([]ListenSpec{{Name: "http", Address: "127.0.0.1:0"}}, logger)
+	socks, err := OpenSockets([]ListenSpec{spec}, logger)
 	if err != nil {
 		t.Fatal(err)
 	}
