@@ -41,8 +41,8 @@ type StatusRange struct{ Min, Max int }
 
 // Probe pacing: after a failed answer the next probe of the same worker
 // waits probeBackoffMin, doubling to probeBackoffMax. A probe taken by
-// another worker is followed by the next at once, then after up to
-// probeOtherMax when many in a row were (a worker that never accepts).
+// another worker is followed by the next at once, and after 1ms more per
+// hundred in a row up to probeOtherMax (a worker that never accepts).
 const (
 	probeBackoffMin = 50 * time.Millisecond
 	probeBackoffMax = 500 * time.Millisecond
@@ -125,16 +125,15 @@ func (p *proc) modeReady(how string) {
 		p.modeHow = how
 		p.mu.Unlock()
 		p.bg.Add(1)
-		go p.checkHTTP(how)
+		go p.checkHTTP()
 	})
 }
 
 // checkHTTP probes the worker until it answers with an accepted status or
 // exits. It is owned by the process's bg group.
-func (p *proc) checkHTTP(how string) {
+func (p *proc) checkHTTP() {
 	defer p.bg.Done()
 	c := p.m.cfg.Readiness.HTTP
-	start := time.Now()
 	d, err := newSockDiag()
 	if err != nil {
 		p.recordProbe(probeResult{kind: probeFail, verdict: VerdictHTTPUnattributed + ": " + err.Error()})
@@ -142,21 +141,18 @@ func (p *proc) checkHTTP(how string) {
 	}
 	defer d.Close()
 	backoff, others := probeBackoffMin, 0
-	for !chanClosed(p.exited) {
-		r := p.probe(d, c)
+	tree := &treeCache{root: p.pid}
+	for !chanClosed(p.exited) && !p.isReady() { // a sibling's probe may have passed it
+		r := p.probe(d, c, tree)
 		last := p.recordProbe(r)
 		var wait time.Duration
 		switch r.kind {
 		case probeOK:
-			p.mu.Lock()
-			n, o := p.probes, p.probesOther
-			p.mu.Unlock()
-			p.log.Info("Worker answered the HTTP check", "path", c.Path, "probes", n, "other_workers", o, "after", time.Since(start).Round(time.Millisecond))
-			p.markReady(how + "+http")
+			p.passHTTP()
 			return
 		case probeOther:
 			others++
-			wait = min(time.Duration(others/8)*time.Millisecond, probeOtherMax)
+			wait = min(time.Duration(others/100)*time.Millisecond, probeOtherMax)
 		case probeFail:
 			others = 0
 			if r.verdict != last {
@@ -195,8 +191,10 @@ func (p *proc) recordProbe(r probeResult) string {
 }
 
 // probe sends one probe: connect, wait until a process accepted it, and
-// only when that process is in p's tree, GET the path.
-func (p *proc) probe(d *sockDiag, c HTTPCheck) probeResult {
+// only when that process is in p's tree, or in the tree of a sibling that
+// waits for its check (which is then credited with the answer), GET the
+// path.
+func (p *proc) probe(d *sockDiag, c HTTPCheck, tree *treeCache) probeResult {
 	network, addr := p.m.socks.probeAddr()
 	deadline := time.Now().Add(c.Timeout)
 	conn, err := net.DialTimeout(network, addr, c.Timeout)
@@ -214,7 +212,7 @@ func (p *proc) probe(d *sockDiag, c HTTPCheck) probeResult {
 			return probeResult{kind: probeFail, verdict: fmt.Sprintf("%s: GET %s: %v", VerdictHTTPDropped, c.Path, err)}
 		}
 		resp, rerr := p.readAnswer(conn, deadline)
-		if ino, err := d.serverInode(conn); err != nil || ino == 0 || !p.holdsSocket(ino) {
+		if ino, err := d.serverInode(conn); err != nil || ino == 0 || !holdsSocket(tree.get(), ino) {
 			return probeResult{kind: probeOther}
 		}
 		return p.judge(c, resp, rerr)
@@ -223,14 +221,69 @@ func (p *proc) probe(d *sockDiag, c HTTPCheck) probeResult {
 	if err != nil {
 		return probeResult{kind: probeFail, verdict: fmt.Sprintf("%s: %v", VerdictHTTPUnreached, err)}
 	}
-	if !p.holdsSocket(ino) {
+	q := p
+	if !holdsSocket(tree.get(), ino) {
+		// A worker of the same generation still waiting for its check
+		// took it: the answer is that worker's own.
+		if q = p.pendingSibling(ino); q == nil {
+			return probeResult{kind: probeOther}
+		}
+	}
+	r := probeResult{kind: probeFail, verdict: fmt.Sprintf("%s: GET %s: ", VerdictHTTPDropped, c.Path)}
+	if _, err := io.WriteString(conn, req); err != nil {
+		r.verdict += err.Error()
+	} else {
+		resp, rerr := q.readAnswer(conn, deadline)
+		r = q.judge(c, resp, rerr)
+	}
+	if q != p {
+		q.recordProbe(r)
+		q.mu.Lock()
+		q.probesCredited++
+		q.mu.Unlock()
+		if r.kind == probeOK {
+			q.passHTTP()
+		}
 		return probeResult{kind: probeOther}
 	}
-	if _, err := io.WriteString(conn, req); err != nil {
-		return probeResult{kind: probeFail, verdict: fmt.Sprintf("%s: GET %s: %v", VerdictHTTPDropped, c.Path, err)}
+	return r
+}
+
+// pendingSibling returns the worker of p's generation, other than p, that is
+// ready by its mode, has not passed its HTTP check and holds socket ino.
+func (p *proc) pendingSibling(ino uint64) *proc {
+	m := p.m
+	var sibs []*proc
+	m.mu.Lock()
+	for _, g := range m.gens {
+		if g.id != p.gen {
+			continue
+		}
+		for _, s := range g.slots {
+			if s.proc != nil && s.proc != p {
+				sibs = append(sibs, s.proc)
+			}
+		}
 	}
-	resp, rerr := p.readAnswer(conn, deadline)
-	return p.judge(c, resp, rerr)
+	m.mu.Unlock()
+	for _, q := range sibs {
+		if how, _ := q.httpPending(); how == "" || chanClosed(q.exited) {
+			continue
+		}
+		if holdsSocket(processTree(q.pid, true), ino) {
+			return q
+		}
+	}
+	return nil
+}
+
+// passHTTP makes p ready: it answered its HTTP check.
+func (p *proc) passHTTP() {
+	p.mu.Lock()
+	how, n, o := p.modeHow, p.probes, p.probesOther
+	p.mu.Unlock()
+	p.log.Info("Worker answered the HTTP check", "path", p.m.cfg.Readiness.HTTP.Path, "probes", n, "probes_taken_by_others", o)
+	p.markReady(how + "+http")
 }
 
 // awaitAccept waits until some process accepted conn and returns the inode
@@ -262,16 +315,39 @@ func (p *proc) awaitAccept(d *sockDiag, conn net.Conn, deadline time.Time) (uint
 	}
 }
 
-// holdsSocket reports whether a process of p's tree has socket inode ino in
-// its fd table. accept(2) gives the socket its inode a moment before it
-// installs the fd, so a miss is looked at again over the full tree.
-func (p *proc) holdsSocket(ino uint64) bool {
+// holdsSocket reports whether a process of pids has socket inode ino in its
+// fd table. accept(2) gives the socket its inode a moment before it
+// installs the fd, so a miss is looked at once more. A miss that is wrong
+// costs a probe, never a wrong verdict.
+func holdsSocket(pids []int, ino uint64) bool {
 	is := func(i uint64) bool { return i == ino }
-	if scanPids(processTree(p.pid, true), is, false, false).holds {
+	if scanPids(pids, is, false, false).holds {
 		return true
 	}
-	time.Sleep(time.Millisecond)
-	return scanPids(processTree(p.pid, false), is, false, false).holds
+	time.Sleep(200 * time.Microsecond)
+	return scanPids(pids, is, false, false).holds
+}
+
+// treeCache is a worker's process tree for the probes: read again every
+// treeEvery probes (processes newer than the worker) and fully every
+// fullScanEvery (pid wrap-around), as mode listen does.
+type treeCache struct {
+	root     int
+	pids     []int
+	n        int
+	lastFull time.Time
+}
+
+func (t *treeCache) get() []int {
+	if t.n%treeEvery == 0 {
+		full := time.Since(t.lastFull) >= fullScanEvery
+		if full {
+			t.lastFull = time.Now()
+		}
+		t.pids = processTree(t.root, !full)
+	}
+	t.n++
+	return t.pids
 }
 
 // readAnswer reads the status line and headers of the answer, until

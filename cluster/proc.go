@@ -58,9 +58,12 @@ type proc struct {
 	deadline time.Time
 	status   string // last STATUS= from sd_notify
 	// The HTTP check (httpcheck.go): how the worker got ready by its mode,
-	// probes sent, probes another worker accepted, the last failure.
+	// probes (its own and those a sibling's checker credited it with), its
+	// own probes another worker accepted, the credited ones, the last
+	// failure.
 	modeHow             string
 	probes, probesOther int
+	probesCredited      int
 	httpVerdict         string
 	lines               []string
 	state               *os.ProcessState
