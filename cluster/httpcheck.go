@@ -144,6 +144,9 @@ func (p *proc) checkHTTP() {
 	tree := &treeCache{root: p.pid}
 	for !chanClosed(p.exited) && !p.isReady() { // a sibling's probe may have passed it
 		r := p.probe(d, c, tree)
+		if chanClosed(p.exited) {
+			return // the probe saw the exit, not the worker's answer
+		}
 		last := p.recordProbe(r)
 		var wait time.Duration
 		switch r.kind {
