@@ -7,10 +7,12 @@
 #   listen+http             mode listen, http_path = "/up"
 #   listen+probation=1s     mode listen, probation = "1s"
 #   listen+probation=2s     mode listen, probation = "2s"
-# It prints the median and max wall time of `agent deploy` per setting, the
-# ratio to plain listen, the probes the HTTP check sent per new worker (from
-# the agent's log) and the load's failed requests (must be 0). A measurement:
-# no threshold, nothing fails on a slow machine.
+# It prints, per setting, the median time from the start of the reload to
+# the quorum ready (`ready_after` in the agent's log: what the check adds;
+# probation comes after it), the median wall time of `agent deploy` (which includes the old
+# generation's drain), each with its ratio to plain listen, the probes the
+# HTTP check sent per new worker, and the load's failed requests (must be
+# 0). A measurement: no threshold, nothing fails on a slow machine.
 #
 #   scripts/bench-readiness.sh
 #   WORKERS=4 ROUNDS=5 scripts/bench-readiness.sh
@@ -44,7 +46,7 @@ url="file://$work/app.tar.gz"
 
 median() { sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : int((a[NR/2]+a[NR/2+1])/2))}'; }
 
-declare -A med
+declare -A med rdy
 run_setting() { # NAME EXTRA-READINESS-TOML
 	local name=$1 extra=$2 dir="$work/$1" port
 	port=$(free_port)
@@ -83,15 +85,20 @@ TOML
 	wait "$load_pid" || true
 	kill -TERM "$agent_pid"
 	wait "$agent_pid" || true
-	local m mx failed probes
+	# ready_after=1.234s / 456.7ms, skipping r0's (the first generation).
+	grep -o 'msg="Generation serving".*ready_after=[0-9.]*[mµ]*s' "$dir/agent.log" | sed 's/.*ready_after=//' | tail -n +2 |
+		awk '/ms$/ {print int($1); next} /µs$/ {print 0; next} {print int($1 * 1000)}' >"$dir/ready" || true
+	local m r failed probes
 	m=$(median <"$dir/times")
-	mx=$(sort -n "$dir/times" | tail -1)
+	r=$(median <"$dir/ready")
 	med[$name]=$m
-	failed=$(python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print(d.get("failed_total", d.get("FailedTotal", "?")))' "$dir/load.json" 2>/dev/null || echo "?")
-	probes=$(grep -o 'probes=[0-9]*' "$dir/agent.log" | cut -d= -f2 | sort -n | tr '\n' ' ')
-	printf '%-22s median %5d ms  max %5d ms  x%-5s failed %s%s\n' "$name" "$m" "$mx" \
-		"$(awk -v a="$m" -v b="${med[listen]:-$m}" 'BEGIN {printf "%.2f", a/b}')" "$failed" \
-		"${probes:+  probes per worker: $probes}"
+	rdy[$name]=$r
+	failed=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["failed_total"])' "$dir/load.json" 2>/dev/null || echo "?")
+	probes=$( (grep -o 'probes=[0-9]*' "$dir/agent.log" || true) | cut -d= -f2 | sort -n | tr '\n' ' ')
+	printf '%-22s quorum after %5d ms (x%s)  deploy %5d ms (x%s)  failed %s%s\n' "$name" \
+		"$r" "$(awk -v a="$r" -v b="${rdy[listen]:-$r}" 'BEGIN {printf "%.2f", a/b}')" \
+		"$m" "$(awk -v a="$m" -v b="${med[listen]:-$m}" 'BEGIN {printf "%.2f", a/b}')" "$failed" \
+		"${probes:+  probes per new worker: $probes}"
 }
 
 echo "== $WORKERS workers, $ROUNDS deploys per setting, keep-alive load (4 connections)"
