@@ -60,6 +60,12 @@ type ReadinessConfig struct {
 	Quorum    int // 0 = all
 	Delay     time.Duration
 	Probation time.Duration
+	// The HTTP check: HTTPPath "" is off; the rest "" / nil / 0 take
+	// cluster.HTTPCheck's defaults.
+	HTTPPath    string
+	HTTPHost    string
+	HTTPStatus  []cluster.StatusRange
+	HTTPTimeout time.Duration
 }
 
 type RestartConfig struct {
@@ -188,6 +194,11 @@ type rawConfig struct {
 		Quorum    tQuorum    `toml:"quorum"`
 		Delay     tDuration  `toml:"delay"`
 		Probation tDuration0 `toml:"probation"`
+		// config_readiness.go
+		HTTPPath    tHTTPPath `toml:"http_path"`
+		HTTPHost    tHTTPHost `toml:"http_host"`
+		HTTPStatus  tStatuses `toml:"http_status"`
+		HTTPTimeout tDuration `toml:"http_timeout"`
 	} `toml:"readiness"`
 	Restart struct {
 		BackoffMin tDuration `toml:"backoff_min"`
@@ -339,11 +350,15 @@ func parseConfig(path, src string) (*Config, error) {
 			Adapter:      raw.App.Adapter.V,
 		},
 		Readiness: ReadinessConfig{
-			Mode:      raw.Readiness.Mode.V,
-			Timeout:   time.Duration(raw.Readiness.Timeout),
-			Quorum:    int(raw.Readiness.Quorum),
-			Delay:     time.Duration(raw.Readiness.Delay),
-			Probation: time.Duration(raw.Readiness.Probation),
+			Mode:        raw.Readiness.Mode.V,
+			Timeout:     time.Duration(raw.Readiness.Timeout),
+			Quorum:      int(raw.Readiness.Quorum),
+			Delay:       time.Duration(raw.Readiness.Delay),
+			Probation:   time.Duration(raw.Readiness.Probation),
+			HTTPPath:    string(raw.Readiness.HTTPPath),
+			HTTPHost:    string(raw.Readiness.HTTPHost),
+			HTTPStatus:  []cluster.StatusRange(raw.Readiness.HTTPStatus),
+			HTTPTimeout: time.Duration(raw.Readiness.HTTPTimeout),
 		},
 		Restart: RestartConfig{
 			BackoffMin: time.Duration(raw.Restart.BackoffMin),

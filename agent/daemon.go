@@ -168,7 +168,9 @@ func runDaemon(cfg *Config, log *slog.Logger) int {
 		Command: cfg.App.Command, Workers: cfg.App.Workers, Env: env, StopSignal: cfg.App.StopSignal,
 		DrainTimeout: cfg.App.DrainTimeout, RescueLinger: cfg.App.RescueLinger,
 		Readiness: cluster.Readiness{Mode: cfg.Readiness.Mode, Timeout: cfg.Readiness.Timeout, Quorum: cfg.Readiness.Quorum,
-			Delay: cfg.Readiness.Delay, Probation: cfg.Readiness.Probation},
+			Delay: cfg.Readiness.Delay, Probation: cfg.Readiness.Probation,
+			HTTP: cluster.HTTPCheck{Path: cfg.Readiness.HTTPPath, Host: cfg.Readiness.HTTPHost,
+				Status: cfg.Readiness.HTTPStatus, Timeout: cfg.Readiness.HTTPTimeout}},
 		BackoffMin: cfg.Restart.BackoffMin, BackoffMax: cfg.Restart.BackoffMax, Logger: log,
 	}, socks)
 	if err != nil {

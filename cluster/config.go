@@ -27,6 +27,9 @@ type Readiness struct {
 	// one once the quorum is ready; a new worker that exits in the window
 	// fails the reload. Default 0.
 	Probation time.Duration
+	// HTTP, with HTTP.Path set, adds to every mode: the worker itself
+	// answered GET HTTP.Path with an accepted status (httpcheck.go).
+	HTTP HTTPCheck
 }
 
 // Readiness modes.
@@ -120,6 +123,11 @@ func (c Config) withDefaults() (Config, error) {
 	if r.Timeout < 0 || r.Delay < 0 || r.Probation < 0 {
 		return c, fmt.Errorf("%w: negative readiness duration", ErrInvalidConfig)
 	}
+	h, err := r.HTTP.withDefaults()
+	if err != nil {
+		return c, err
+	}
+	r.HTTP = h
 	if r.Quorum == 0 {
 		r.Quorum = c.Workers
 	}

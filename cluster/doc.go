@@ -60,10 +60,17 @@
 // in accept/accept4 on it; polled every 2 ms rising to 15 ms, the tree
 // refreshed every third poll, and no polling once ready. "notify" waits for
 // READY=1. "delay" waits until the worker stayed alive for Readiness.Delay.
+// With Readiness.HTTP.Path set, a worker ready by its mode is ready only once
+// it answered GET Path itself with an accepted status: each probe is
+// attributed (sock_diag: the inode of the accepted socket; /proc: the process
+// holding it) before its request is sent, a probe taken by another process
+// gets no request and never counts, one taken by a sibling still waiting for
+// its check counts for that sibling.
 // A worker that did not get ready gets a one-line verdict in the
 // ReloadError: it bound its own port, exited at once, exited after becoming
 // ready, never touched the inherited socket, never sent READY=1, or its
-// command could not be executed (the shim exits 127).
+// command could not be executed (the shim exits 127); with the HTTP check,
+// its last answer (status line), its silence or its reset.
 //
 // Callers: call RunShimIfRequested first thing in main, then run the rest
 // under RunMain; when Upgraded reports true, call ResumeSockets and

@@ -159,6 +159,9 @@ func serve(mode, body string) int {
 	var draining atomic.Bool
 	srv := &http.Server{
 		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.URL.Path == "/up" && answerUp(w, r) {
+				return
+			}
 			if draining.Load() {
 				w.Header().Set("Connection", "close")
 			}

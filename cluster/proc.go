@@ -38,6 +38,7 @@ type proc struct {
 
 	ready     chan struct{} // closed when ready
 	readyOnce sync.Once
+	httpOnce  sync.Once     // starts the HTTP check (httpcheck.go)
 	exited    chan struct{} // closed when the leader exited (not yet reaped)
 	hurry     chan struct{} // closed to cut a drain short
 	hurryOnce sync.Once
@@ -56,9 +57,17 @@ type proc struct {
 	stopping bool
 	deadline time.Time
 	status   string // last STATUS= from sd_notify
-	lines    []string
-	state    *os.ProcessState
-	exitedAt time.Time
+	// The HTTP check (httpcheck.go): how the worker got ready by its mode,
+	// probes (its own and those a sibling's checker credited it with), its
+	// own probes another worker accepted, the credited ones, the last
+	// failure.
+	modeHow             string
+	probes, probesOther int
+	probesCredited      int
+	httpVerdict         string
+	lines               []string
+	state               *os.ProcessState
+	exitedAt            time.Time
 }
 
 // startProc starts worker `worker` of generation g.

@@ -36,7 +36,7 @@ func (p *proc) isReady() bool {
 }
 
 // readNotify reads sd_notify datagrams. READY=1 makes the worker ready in
-// mode notify; STATUS= is kept for Status.
+// mode notify (then the HTTP check, if any, starts); STATUS= is kept for Status.
 func (p *proc) readNotify() {
 	defer p.bg.Done()
 	buf := make([]byte, 4096)
@@ -52,7 +52,7 @@ func (p *proc) readNotify() {
 			switch {
 			case line == "READY=1":
 				if p.m.cfg.Readiness.Mode == ModeNotify {
-					p.markReady("notify")
+					p.modeReady("notify")
 				}
 			case strings.HasPrefix(line, "STATUS="):
 				p.mu.Lock()
@@ -72,7 +72,7 @@ func (p *proc) watchReadiness() {
 		defer t.Stop()
 		select {
 		case <-t.C:
-			p.markReady("delay")
+			p.modeReady("delay")
 		case <-p.exited:
 		}
 		return
@@ -104,7 +104,7 @@ func (p *proc) watchReadiness() {
 		}
 		u := scanPids(tree, p.m.socks.isOurs, false, n%acceptEvery == 0)
 		if u.touched {
-			p.markReady(u.how)
+			p.modeReady(u.how)
 			return
 		}
 		interval = min(interval*5/4+time.Millisecond/4, pollMax)

@@ -38,13 +38,17 @@ func (m *Master) verdict(p *proc, cause error, lt listenTable) string {
 				}
 			}
 		}
+		detail := ran.Round(time.Millisecond).String()
+		if how, v := p.httpPending(); how != "" {
+			detail += "; ready by " + how + ", then " + v
+		}
 		switch {
 		case ready:
-			return fmt.Sprintf("%s (after %s)", VerdictExitedReady, ran.Round(time.Millisecond))
+			return fmt.Sprintf("%s (after %s)", VerdictExitedReady, detail)
 		case ran < exitedAtOnce:
-			return fmt.Sprintf("%s (after %s)", VerdictExitedAtOnce, ran.Round(time.Millisecond))
+			return fmt.Sprintf("%s (after %s)", VerdictExitedAtOnce, detail)
 		default:
-			return fmt.Sprintf("%s (after %s)", VerdictExitedEarly, ran.Round(time.Millisecond))
+			return fmt.Sprintf("%s (after %s)", VerdictExitedEarly, detail)
 		}
 	}
 	// Alive and not ready.
@@ -54,6 +58,9 @@ func (m *Master) verdict(p *proc, cause error, lt listenTable) string {
 	}
 	if inUse != "" {
 		return VerdictOwnPort + ": EADDRINUSE in its output"
+	}
+	if _, v := p.httpPending(); v != "" {
+		return v
 	}
 	if !errors.Is(cause, ErrReadinessTimeout) {
 		return VerdictNotReady
