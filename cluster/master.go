@@ -72,6 +72,13 @@ type Master struct {
 	emitMu  sync.Mutex
 	emitter func(ReloadEvent)
 
+	// The listen watch (listenwatch.go): its goroutine, its check-now
+	// requests, and the generation being stopped (0: none) it blames a
+	// loss on.
+	watchWG     sync.WaitGroup
+	watchNow    chan chan struct{}
+	stoppingGen atomic.Int64
+
 	mu      sync.Mutex
 	closed  bool
 	gens    []*generation // live, oldest first
@@ -104,11 +111,13 @@ func NewMaster(cfg Config, socks *Sockets) (*Master, error) {
 		os.RemoveAll(dir)
 		return nil, err
 	}
-	return &Master{
+	m := &Master{
 		cfg: cfg, socks: socks, log: cfg.Logger,
 		spawner: sp, watchdog: wd, notifyDir: dir,
 		closing: make(chan struct{}), shutDone: make(chan struct{}),
-	}, nil
+	}
+	m.startListenWatch()
+	return m, nil
 }
 
 func (m *Master) emit(ev ReloadEvent) {
@@ -185,7 +194,7 @@ func (m *Master) Reload(ctx context.Context, spec GenerationSpec, events func(Re
 	g := &generation{
 		m: m, id: m.nextGen, spec: spec, dir: dir, created: start,
 		promoted: make(chan struct{}), stopCh: make(chan struct{}), changed: make(chan struct{}, 1),
-		state: GenStarting,
+		state: GenStarting, epoch: m.socks.Epoch(),
 	}
 	for i := range m.cfg.Workers {
 		g.slots = append(g.slots, &slot{g: g, id: i, state: WorkerStarting})
@@ -238,7 +247,7 @@ func (m *Master) Reload(ctx context.Context, spec GenerationSpec, events func(Re
 
 	if old != nil {
 		m.emit(ReloadEvent{Kind: "retiring", Generation: old.id})
-		old.stop(m.cfg.StopSignal, time.Now().Add(m.cfg.DrainTimeout), time.Time{})
+		m.stopWatched(old, func() { old.stop(m.cfg.StopSignal, time.Now().Add(m.cfg.DrainTimeout), time.Time{}) })
 		m.removeGen(old)
 		m.emit(ReloadEvent{Kind: "retired", Generation: old.id})
 		m.log.Info("Generation retired", "gen", old.id)
@@ -407,7 +416,7 @@ func (m *Master) fail(g *generation, cause error, start time.Time) error {
 	if m.cfg.Readiness.Mode == ModeListen {
 		unready = now.Add(min(m.cfg.DrainTimeout, unreadyGrace))
 	}
-	g.stop(m.cfg.StopSignal, now.Add(m.cfg.DrainTimeout), unready)
+	m.stopWatched(g, func() { g.stop(m.cfg.StopSignal, now.Add(m.cfg.DrainTimeout), unready) })
 	for i := range failures {
 		if p := procs[i]; p != nil {
 			failures[i].LastLines = p.lastLines()
@@ -463,6 +472,7 @@ func (m *Master) Shutdown(ctx context.Context) error {
 		close(m.closing)
 		gens := append([]*generation(nil), m.gens...)
 		m.mu.Unlock()
+		m.watchWG.Wait() // no socket is restored while the workers stop
 		m.log.Info("Shutting down", "generations", len(gens))
 
 		deadline, ok := ctx.Deadline()

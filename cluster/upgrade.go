@@ -291,17 +291,23 @@ func (m *Master) handover(extraFiles map[string]*os.File, extraState []byte) ([]
 		return fd, err
 	}
 	h := handover{
-		Version: handoverVersion, Unlinks: m.socks.unlinks, NotifyDir: m.notifyDir,
+		Version: handoverVersion, NotifyDir: m.notifyDir,
 		WatchdogPID: m.watchdog.process.Pid, SpawnSeq: m.spawnSeq.Load(), State: extraState,
 		Files: map[string]int{},
 	}
+	// The set as it is now: the listen watch replaces sockets only with
+	// spawning held, which the caller holds for writing.
+	m.socks.mu.RLock()
+	h.Unlinks = append([]string(nil), m.socks.unlinks...)
 	for i, f := range m.socks.files {
 		fd, err := keep(f)
 		if err != nil {
+			m.socks.mu.RUnlock()
 			return nil, nil, fmt.Errorf("socket %s: %w", m.socks.names[i], err)
 		}
 		h.Sockets = append(h.Sockets, handoverSocket{FD: fd, Name: m.socks.names[i], Addr: m.socks.addrs[i]})
 	}
+	m.socks.mu.RUnlock()
 	m.watchdog.mu.Lock()
 	w := m.watchdog.w
 	m.watchdog.mu.Unlock()
@@ -534,6 +540,7 @@ func ResumeMaster(cfg Config, socks *Sockets) (*Master, error) {
 		closing: make(chan struct{}), shutDone: make(chan struct{}),
 	}
 	m.spawnSeq.Store(h.SpawnSeq)
+	m.startListenWatch()
 
 	type start struct {
 		s *slot
