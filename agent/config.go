@@ -17,6 +17,8 @@ import (
 	"time"
 
 	"github.com/BurntSushi/toml"
+
+	"github.com/handoff/handoff/cluster"
 )
 
 // Config is a validated deploy.toml.
@@ -40,6 +42,7 @@ type AppConfig struct {
 	Env          map[string]string
 	StopSignal   syscall.Signal
 	DrainTimeout time.Duration
+	ListenCheck  time.Duration // period of the listen watch; 0 = off
 }
 
 type ListenConfig struct {
@@ -162,11 +165,12 @@ type rawConfig struct {
 	KeepReleases tCount    `toml:"keep_releases"`
 	Linked       tRelPaths `toml:"linked"`
 	App          struct {
-		Command      tCommand  `toml:"command"`
-		Workers      tCount    `toml:"workers"`
-		Env          tEnv      `toml:"env"`
-		StopSignal   tSignal   `toml:"stop_signal"`
-		DrainTimeout tDuration `toml:"drain_timeout"`
+		Command      tCommand   `toml:"command"`
+		Workers      tCount     `toml:"workers"`
+		Env          tEnv       `toml:"env"`
+		StopSignal   tSignal    `toml:"stop_signal"`
+		DrainTimeout tDuration  `toml:"drain_timeout"`
+		ListenCheck  tDuration0 `toml:"listen_check"`
 	} `toml:"app"`
 	Listen []struct {
 		Name    tName    `toml:"name"`
@@ -212,6 +216,7 @@ func defaultRaw() rawConfig {
 	r.App.Workers = tCount(runtime.NumCPU())
 	r.App.StopSignal = tSignal(syscall.SIGTERM)
 	r.App.DrainTimeout = tDuration(30 * time.Second)
+	r.App.ListenCheck = tDuration0(cluster.DefaultListenCheck)
 	r.Readiness.Mode = tEnum{allowed: []string{"listen", "notify", "delay"}, V: "listen"}
 	r.Readiness.Timeout = tDuration(60 * time.Second)
 	r.Readiness.Delay = tDuration(2 * time.Second)
@@ -323,6 +328,7 @@ func parseConfig(path, src string) (*Config, error) {
 			Env:          map[string]string(raw.App.Env),
 			StopSignal:   syscall.Signal(raw.App.StopSignal),
 			DrainTimeout: time.Duration(raw.App.DrainTimeout),
+			ListenCheck:  time.Duration(raw.App.ListenCheck),
 		},
 		Readiness: ReadinessConfig{
 			Mode:      raw.Readiness.Mode.V,

@@ -156,6 +156,16 @@ func (s *Sockets) Epoch() int {
 	return s.epoch
 }
 
+// replacedCh returns a channel closed at the next replacement.
+func (s *Sockets) replacedCh() <-chan struct{} {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.replaced == nil {
+		s.replaced = make(chan struct{})
+	}
+	return s.replaced
+}
+
 // lostSocket is one finding of check.
 type lostSocket struct {
 	i      int
@@ -250,6 +260,10 @@ func (s *Sockets) restore(i int, reason string) (string, error) {
 		}
 	}
 	s.epoch++
+	if s.replaced != nil {
+		close(s.replaced)
+		s.replaced = nil
+	}
 	// Spawns hold mu for reading across their fork: none uses old now.
 	old.Close()
 	s.mu.Unlock()
@@ -415,7 +429,7 @@ func (m *Master) stopWatched(g *generation, stop func()) {
 	m.checkNow() // wakes the watch into its fast period
 	stop()
 	m.checkNow()
-	m.stoppingGen.Store(0)
+	m.stoppingGen.CompareAndSwap(int64(g.id), 0)
 }
 
 // startListenWatch starts the watch unless Config.ListenCheck is negative.

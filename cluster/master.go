@@ -39,6 +39,12 @@ type ReloadResult struct {
 	Generation   int
 	ReadyAfter   time.Duration // start of the reload to quorum ready
 	RetiredAfter time.Duration // start of the reload to old generation gone
+	// Draining: a listening socket was replaced while the old generation
+	// retired (its workers took it down). Reload returned without waiting
+	// for the rest of that drain, which goes on under the master (Shutdown
+	// waits for it), so that the caller can start a generation on the new
+	// socket at once; RetiredAfter is then when Reload returned.
+	Draining bool
 }
 
 // Master owns the workers of one application: at most one serving
@@ -142,7 +148,9 @@ func (m *Master) setEmitter(f func(ReloadEvent)) {
 // Readiness.Quorum of its workers are ready, then for Readiness.Probation;
 // then the new generation serves and the old one is retired: StopSignal to
 // each worker's process group, up to DrainTimeout, then SIGKILL to the group.
-// Reload returns once the old generation is gone.
+// Reload returns once the old generation is gone, or, when the listen watch
+// replaced a socket during the retirement, at once with the rest of the
+// drain going on under the master (ReloadResult.Draining).
 //
 // It fails with a *ReloadError (errors.Is(err, ErrReloadFailed)) when the
 // timeout passes, so many new workers exit that the quorum cannot be met, a
@@ -245,14 +253,41 @@ func (m *Master) Reload(ctx context.Context, spec GenerationSpec, events func(Re
 	m.mu.Unlock()
 	m.log.Info("Generation serving", "gen", g.id, "release", spec.ReleaseID, "ready_after", readyAfter)
 
+	res := &ReloadResult{Generation: g.id, ReadyAfter: readyAfter}
 	if old != nil {
 		m.emit(ReloadEvent{Kind: "retiring", Generation: old.id})
+		res.Draining = !m.retire(old)
+		if res.Draining {
+			m.emit(ReloadEvent{Kind: "draining", Generation: old.id, Message: "a listening socket was replaced: the rest of the drain goes on in the background"})
+		} else {
+			m.emit(ReloadEvent{Kind: "retired", Generation: old.id})
+		}
+	}
+	res.RetiredAfter = time.Since(start)
+	return res, nil
+}
+
+// retire stops the old generation and reports true once it is gone, or
+// false as soon as the listen watch replaced a socket meanwhile: the rest
+// of the drain then goes on in a goroutine of the master's (reloadWG).
+func (m *Master) retire(old *generation) bool {
+	replaced := m.socks.replacedCh()
+	retired := make(chan struct{})
+	m.reloadWG.Add(1)
+	go func() {
+		defer m.reloadWG.Done()
 		m.stopWatched(old, func() { old.stop(m.cfg.StopSignal, time.Now().Add(m.cfg.DrainTimeout), time.Time{}) })
 		m.removeGen(old)
-		m.emit(ReloadEvent{Kind: "retired", Generation: old.id})
 		m.log.Info("Generation retired", "gen", old.id)
+		close(retired)
+	}()
+	select {
+	case <-retired:
+		return true
+	case <-replaced:
+		m.log.Warn("Listening socket replaced while a generation retired: not waiting for the rest of its drain", "gen", old.id)
+		return false
 	}
-	return &ReloadResult{Generation: g.id, ReadyAfter: readyAfter, RetiredAfter: time.Since(start)}, nil
 }
 
 // counts returns how many of g's workers are ready and alive, and how many

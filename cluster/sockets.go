@@ -28,20 +28,21 @@ type ListenSpec struct {
 // systemd passes them.
 type Sockets struct {
 	log *slog.Logger
-	// mu guards files, addrs, inodes, unlinks, watch and epoch, which change
+	// mu guards files, addrs, inodes, unlinks, watch, epoch and replaced, which change
 	// when the listen watch replaces a lost socket (listenwatch.go). It is
 	// held for reading across a spawn's fork, so no worker inherits a closed
 	// descriptor, and by every reader of those fields outside the watch.
-	mu      sync.RWMutex
-	files   []*os.File
-	names   []string
-	addrs   []string
-	inodes  map[uint64]int        // socket inode -> index
-	unlinks []string              // unix socket paths this process created
-	watch   []watchRef            // per socket: what the listen watch compares
-	epoch   int                   // replacements so far
-	specs   map[string]ListenSpec // by name, as given: a rebind repeats the spec's options
-	closed  bool
+	mu       sync.RWMutex
+	files    []*os.File
+	names    []string
+	addrs    []string
+	inodes   map[uint64]int        // socket inode -> index
+	unlinks  []string              // unix socket paths this process created
+	watch    []watchRef            // per socket: what the listen watch compares
+	epoch    int                   // replacements so far
+	replaced chan struct{}         // closed (and renewed) at each replacement
+	specs    map[string]ListenSpec // by name, as given: a rebind repeats the spec's options
+	closed   bool
 }
 
 // OpenSockets opens one listening socket per spec, in order. A spec whose
