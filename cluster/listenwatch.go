@@ -300,7 +300,7 @@ func (m *Master) listenWatch() {
 	defer m.watchWG.Done()
 	var (
 		buf     []unix.PollFd
-		lastOK  = map[int]time.Time{} // socket -> last check that found it whole
+		lastOK  = make([]time.Time, len(m.socks.Names())) // last check that found each socket whole
 		pending = map[int]*SocketLost{}
 		retry   = map[int]time.Time{}
 	)
@@ -317,13 +317,11 @@ func (m *Master) listenWatch() {
 		var lost []lostSocket
 		lost, buf = m.socks.check(buf)
 		now := time.Now()
-		isLost := map[int]bool{}
 		for _, l := range lost {
-			isLost[l.i] = true
 			m.lostSocket(l, now, lastOK[l.i], pending, retry)
 		}
 		for i := range buf {
-			if !isLost[i] {
+			if !slices.ContainsFunc(lost, func(l lostSocket) bool { return l.i == i }) {
 				lastOK[i] = now
 			}
 		}
