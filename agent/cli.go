@@ -199,6 +199,9 @@ func printSuccess(w io.Writer, req Request, res Message) {
 		fmt.Fprintf(w, " (was %s)", res.From)
 	}
 	fmt.Fprintln(w)
+	for _, l := range res.ListenLost {
+		fmt.Fprintf(w, "warning: %s\n", l.summary())
+	}
 }
 
 func printFailure(w io.Writer, req Request, res Message) {
@@ -417,6 +420,9 @@ func printStatus(w io.Writer, s *StatusDoc) {
 	}
 	if s.Waiting != nil {
 		fmt.Fprintf(tw, "queued\t%s %s since %s\n", s.Waiting.Op, s.Waiting.ID, s.Waiting.Since.Local().Format("15:04:05"))
+	}
+	if s.ListenersLost > 0 {
+		fmt.Fprintf(tw, "listeners lost\t%d, last at %s: %s\n", s.ListenersLost, s.LastListenerLost.Time.Local().Format("15:04:05"), s.LastListenerLost.summary())
 	}
 	tw.Flush()
 	fmt.Fprintln(w)

@@ -43,7 +43,8 @@ type AppConfig struct {
 	StopSignal   syscall.Signal
 	DrainTimeout time.Duration
 	RescueLinger time.Duration
-	Adapter      string // none | node (nodeadapter.go)
+	Adapter      string        // none | node (nodeadapter.go)
+	ListenCheck  time.Duration // period of the listen watch; 0 = off
 }
 
 type ListenConfig struct {
@@ -174,13 +175,14 @@ type rawConfig struct {
 	KeepReleases tCount    `toml:"keep_releases"`
 	Linked       tRelPaths `toml:"linked"`
 	App          struct {
-		Command      tCommand  `toml:"command"`
-		Workers      tCount    `toml:"workers"`
-		Env          tEnv      `toml:"env"`
-		StopSignal   tSignal   `toml:"stop_signal"`
-		DrainTimeout tDuration `toml:"drain_timeout"`
-		RescueLinger tDuration `toml:"rescue_linger"`
-		Adapter      tEnum     `toml:"adapter"`
+		Command      tCommand   `toml:"command"`
+		Workers      tCount     `toml:"workers"`
+		Env          tEnv       `toml:"env"`
+		StopSignal   tSignal    `toml:"stop_signal"`
+		DrainTimeout tDuration  `toml:"drain_timeout"`
+		RescueLinger tDuration  `toml:"rescue_linger"`
+		Adapter      tEnum      `toml:"adapter"`
+		ListenCheck  tDuration0 `toml:"listen_check"`
 	} `toml:"app"`
 	Listen []struct {
 		Name    tName    `toml:"name"`
@@ -235,6 +237,7 @@ func defaultRaw() rawConfig {
 	r.App.DrainTimeout = tDuration(30 * time.Second)
 	r.App.RescueLinger = tDuration(cluster.DefaultRescueLinger)
 	r.App.Adapter = tEnum{allowed: []string{adapterNone, adapterNode}, V: adapterNone}
+	r.App.ListenCheck = tDuration0(cluster.DefaultListenCheck)
 	r.Readiness.Mode = tEnum{allowed: []string{"listen", "notify", "delay"}, V: "listen"}
 	r.Readiness.Timeout = tDuration(60 * time.Second)
 	r.Readiness.Delay = tDuration(2 * time.Second)
@@ -348,6 +351,7 @@ func parseConfig(path, src string) (*Config, error) {
 			DrainTimeout: time.Duration(raw.App.DrainTimeout),
 			RescueLinger: time.Duration(raw.App.RescueLinger),
 			Adapter:      raw.App.Adapter.V,
+			ListenCheck:  time.Duration(raw.App.ListenCheck),
 		},
 		Readiness: ReadinessConfig{
 			Mode:        raw.Readiness.Mode.V,

@@ -66,6 +66,8 @@ type daemon struct {
 	running  *op
 	waiting  *op
 	stopping bool
+	ctx      context.Context // of the operations; nil until the control socket serves
+	lost     listenLost      // lost listening sockets (listenwatch.go)
 	opsWG    sync.WaitGroup
 	up       upgrader // SIGUSR2: upgrade.go
 }
@@ -76,7 +78,9 @@ type op struct {
 	since   time.Time // submitted
 	started time.Time // set by execute
 	log     *opLog
-	first   bool // the start-up generation: not recorded in history
+	first   bool             // the start-up generation: not recorded in history
+	recover bool             // a reload onto a replaced listening socket
+	lost    []*ListenLostDoc // listening sockets lost during it; guarded by daemon.mu
 }
 
 func (o *op) describe() string {
@@ -172,6 +176,7 @@ func runDaemon(cfg *Config, log *slog.Logger) int {
 			HTTP: cluster.HTTPCheck{Path: cfg.Readiness.HTTPPath, Host: cfg.Readiness.HTTPHost,
 				Status: cfg.Readiness.HTTPStatus, Timeout: cfg.Readiness.HTTPTimeout}},
 		BackoffMin: cfg.Restart.BackoffMin, BackoffMax: cfg.Restart.BackoffMax, Logger: log,
+		ListenCheck: listenCheck(cfg.App.ListenCheck), OnSocketLost: d.socketLost,
 	}, socks)
 	if err != nil {
 		log.Error("Cannot start the worker master", "err", err)
@@ -191,6 +196,9 @@ func runDaemon(cfg *Config, log *slog.Logger) int {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
+	d.mu.Lock()
+	d.ctx = ctx
+	d.mu.Unlock()
 	srv := newControlServer(ln, cfg.Control.AllowUIDs, cfg.Control.AllowGIDs, log, func(req Request) *opLog { return d.submit(ctx, req) })
 	serveDone := make(chan error, 1)
 	go func() { serveDone <- srv.Serve() }()
@@ -360,7 +368,11 @@ func (d *daemon) startLocked(ctx context.Context, o *op) {
 // doneLocked frees the agent after an operation and starts the one waiting,
 // if any, unless the agent is stopping.
 func (d *daemon) doneLocked(ctx context.Context) {
+	done := d.running
 	d.running = nil
+	if d.recoverAfterLocked(ctx, done) {
+		return // the waiting operation starts after the recovery
+	}
 	next := d.waiting
 	if next == nil {
 		return
@@ -410,6 +422,7 @@ func (d *daemon) execute(ctx context.Context, o *op) Message {
 	}
 	res.Op = o.req.Op
 	res.Current = currentOrEmpty(d.store)
+	res.ListenLost = d.lostResult(o)
 	res.Elapsed = time.Since(start).Seconds()
 	if res.Code == codeOK {
 		log.Info("Operation done", "release", res.ID, "elapsed", time.Since(start))

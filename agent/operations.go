@@ -56,8 +56,23 @@ func (d *daemon) runHooks(ctx context.Context, o *op, stage string, cmds [][]str
 	return err
 }
 
-// reloadTo runs Master.Reload on release id, streaming worker events.
+// reloadTo runs Master.Reload on release id, streaming worker events, and
+// again while the new generation holds a listening socket the cluster
+// replaced during the reload (afterReload).
 func (d *daemon) reloadTo(ctx context.Context, o *op, id string) (*cluster.ReloadResult, error) {
+	start := time.Now()
+	res, err := d.reloadOnce(ctx, o, id)
+	if err != nil {
+		return nil, err
+	}
+	if err := d.afterReload(ctx, o, id, res, start); err != nil {
+		return nil, err
+	}
+	return res, nil
+}
+
+// reloadOnce runs Master.Reload on release id, streaming worker events.
+func (d *daemon) reloadOnce(ctx context.Context, o *op, id string) (*cluster.ReloadResult, error) {
 	var mu sync.Mutex
 	ready := map[int]int{} // generation -> workers ready
 	d.emit(o, "reload", "start", "starting %d workers in releases/%s (readiness %s, timeout %s)", d.cfg.App.Workers, id, d.cfg.Readiness.Mode, d.cfg.Readiness.Timeout)

@@ -84,8 +84,11 @@ type Message struct {
 	Current  string          `json:"current,omitempty"`  // deploy, rollback, reload: the release current names at the end
 	Failures []WorkerVerdict `json:"failures,omitempty"`
 	Elapsed  float64         `json:"elapsed_s,omitempty"`
-	Status   *StatusDoc      `json:"status,omitempty"`
-	History  []HistoryEntry  `json:"history,omitempty"`
+	// ListenLost: listening sockets a worker took down during the
+	// operation, and how long each was down (listenwatch.go).
+	ListenLost []ListenLostDoc `json:"listen_lost,omitempty"`
+	Status     *StatusDoc      `json:"status,omitempty"`
+	History    []HistoryEntry  `json:"history,omitempty"`
 }
 
 // WorkerVerdict is why one new worker failed a reload.
@@ -123,6 +126,11 @@ type StatusDoc struct {
 	Listen       []string        `json:"listen"`
 	Generations  []GenerationDoc `json:"generations"`
 	LastDeploys  []HistoryEntry  `json:"last_deploys"`
+	// ListenersLost counts the listening sockets lost (shut down by a
+	// worker, unix path removed) and restored since the agent started;
+	// LastListenerLost is the latest.
+	ListenersLost    int            `json:"listeners_lost"`
+	LastListenerLost *ListenLostDoc `json:"last_listener_lost,omitempty"`
 }
 
 // RunningOp names an operation in progress or queued.

@@ -53,6 +53,7 @@ func (d *daemon) status() *StatusDoc {
 	d.mu.Lock()
 	st.Running = d.running.running()
 	st.Waiting = d.waiting.running()
+	d.lostStatusLocked(st)
 	d.mu.Unlock()
 	for _, g := range d.master.Status().Generations {
 		gd := GenerationDoc{ID: g.ID, ReleaseID: g.ReleaseID, Dir: g.Dir, State: g.State, Workers: []WorkerDoc{}}

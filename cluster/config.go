@@ -78,6 +78,15 @@ type Config struct {
 	// Logger receives master events and every worker output line.
 	// nil discards.
 	Logger *slog.Logger
+	// ListenCheck is the period of the listen watch, which notices a
+	// listening socket shut down by a worker or a unix socket path removed
+	// and restores it (listenwatch.go). Default DefaultListenCheck; negative
+	// turns the watch off.
+	ListenCheck time.Duration
+	// OnSocketLost, if set, is called from the watch for each lost socket
+	// once it is restored. It must not block for long; when l.NeedsReload(),
+	// the caller should Reload (Stale says whether one is still needed).
+	OnSocketLost func(l SocketLost)
 }
 
 func (c Config) withDefaults() (Config, error) {
@@ -152,6 +161,9 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.ListenCheck == 0 {
+		c.ListenCheck = DefaultListenCheck
 	}
 	return c, nil
 }

@@ -37,6 +37,19 @@
 //     exponential backoff (BackoffMin..BackoffMax), never in a newer release.
 //   - Every child is reaped by exactly one goroutine, and every goroutine is
 //     owned: Shutdown returns when all of them are gone.
+//   - Listen watch: no worker can take a socket down for good. The master
+//     checks its sockets every Config.ListenCheck (default 50ms), every 5ms
+//     while a generation is being stopped, and once right before and right
+//     after each stop: one poll(2) over all of them (POLLHUP/POLLRDHUP: a
+//     holder called shutdown(2)) and a stat(2) of each unix path (removed,
+//     or another file in its place). A unix path it bound is put back on
+//     the same live socket from a second hard link it keeps beside it
+//     (".<name>.handoff-keep"); otherwise a fresh socket is bound on the
+//     same address with the same spec, replaces the dead one in the set
+//     (what spawns, readiness and Upgrade use), and Sockets.Epoch grows:
+//     the serving generation is then Stale until a Reload, which the caller
+//     runs when Config.OnSocketLost reports it. A socket adopted from
+//     systemd is replaced by one the master binds itself.
 //   - Master.Upgrade replaces the program in place (execve from the spawner
 //     thread) and only then: the pid, the listening sockets, the watchdog and
 //     every running worker survive it, no worker is signalled or changes pid,

@@ -41,6 +41,7 @@ type generation struct {
 	wg       sync.WaitGroup
 
 	state string // guarded by m.mu
+	epoch int    // Sockets.Epoch when its first workers started
 }
 
 type slot struct {

@@ -216,8 +216,30 @@ func serve(mode, body string) int {
 	// keep-alive connections, racing a request the client may be sending.
 	// Each connection is closed after its next response instead.
 	draining.Store(true)
+	if os.Getenv("HELPER_ON_TERM") == "shutdown" {
+		// The bug some apps ship: shutdown(2) of the inherited listening
+		// socket, which is every generation's.
+		for _, l := range ls {
+			if sc, ok := l.(syscall.Conn); ok {
+				if rc, err := sc.SyscallConn(); err == nil {
+					rc.Control(func(fd uintptr) { syscall.Shutdown(int(fd), syscall.SHUT_RDWR) })
+				}
+			}
+		}
+		fmt.Println("shut down the listening sockets")
+	}
 	for _, l := range ls {
 		l.Close()
+	}
+	if os.Getenv("HELPER_ON_EXIT") == "unlink" {
+		// The other one: removing a unix socket's path on exit.
+		defer func() {
+			for _, l := range ls {
+				if a := l.Addr(); a.Network() == "unix" {
+					os.Remove(a.String())
+				}
+			}
+		}()
 	}
 	deadline := time.Now().Add(3 * time.Second)
 	for active.Load() > 0 && time.Now().Before(deadline) {

@@ -161,7 +161,7 @@ func TestHTTPCheck_SlowHealthy(t *testing.T) {
 // A unix socket: the probe's peer is found the same way.
 func TestHTTPCheck_Unix(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "app.sock")
-	h := newHarnessOn(t, Config{Workers: 2, Readiness: httpReadiness(6 * time.Second)}, ListenSpec{Name: "http", Address: "unix:" + path})
+	h := newHarnessOn(t, Config{Workers: 2, Readiness: httpReadiness(6 * time.Second)}, []ListenSpec{{Name: "http", Address: "unix:" + path}})
 	h.mustReload(h.release("good"))
 	old := h.pids()
 	_, err := h.reload(h.release("bad", "HELPER_UP=500"))

@@ -41,6 +41,12 @@ type ReloadResult struct {
 	ReadyAfter   time.Duration // start of the reload to quorum ready
 	RetiredAfter time.Duration // start of the reload to old generation gone
 	Rescued      RescueStats   // what connection rescue did while the old generation stopped
+	// Draining: a listening socket was replaced while the old generation
+	// retired (its workers took it down). Reload returned without waiting
+	// for the rest of that drain, which goes on under the master (Shutdown
+	// waits for it), so that the caller can start a generation on the new
+	// socket at once; RetiredAfter is then when Reload returned.
+	Draining bool
 }
 
 // Master owns the workers of one application: at most one serving
@@ -77,6 +83,13 @@ type Master struct {
 	rescueOff atomic.Bool // pidfd_getfd was refused once: no more rescue
 	forwards  sync.Map    // netip.AddrPort -> *forwardState: local ends of the rescue's own forward connections
 
+	// The listen watch (listenwatch.go): its goroutine, its check-now
+	// requests, and the generation being stopped (0: none) it blames a
+	// loss on.
+	watchWG     sync.WaitGroup
+	watchNow    chan chan struct{}
+	stoppingGen atomic.Int64
+
 	mu      sync.Mutex
 	closed  bool
 	gens    []*generation // live, oldest first
@@ -110,11 +123,13 @@ func NewMaster(cfg Config, socks *Sockets) (*Master, error) {
 		os.RemoveAll(dir)
 		return nil, err
 	}
-	return &Master{
+	m := &Master{
 		cfg: cfg, socks: socks, log: cfg.Logger,
 		spawner: sp, watchdog: wd, notifyDir: dir,
 		closing: make(chan struct{}), shutDone: make(chan struct{}),
-	}, nil
+	}
+	m.startListenWatch()
+	return m, nil
 }
 
 func (m *Master) emit(ev ReloadEvent) {
@@ -139,7 +154,9 @@ func (m *Master) setEmitter(f func(ReloadEvent)) {
 // Readiness.Quorum of its workers are ready, then for Readiness.Probation;
 // then the new generation serves and the old one is retired: StopSignal to
 // each worker's process group, up to DrainTimeout, then SIGKILL to the group.
-// Reload returns once the old generation is gone.
+// Reload returns once the old generation is gone, or, when the listen watch
+// replaced a socket during the retirement, at once with the rest of the
+// drain going on under the master (ReloadResult.Draining).
 //
 // It fails with a *ReloadError (errors.Is(err, ErrReloadFailed)) when the
 // timeout passes, so many new workers exit that the quorum cannot be met, a
@@ -191,7 +208,7 @@ func (m *Master) Reload(ctx context.Context, spec GenerationSpec, events func(Re
 	g := &generation{
 		m: m, id: m.nextGen, spec: spec, dir: dir, created: start,
 		promoted: make(chan struct{}), stopCh: make(chan struct{}), changed: make(chan struct{}, 1),
-		state: GenStarting,
+		state: GenStarting, epoch: m.socks.Epoch(),
 	}
 	for i := range m.cfg.Workers {
 		g.slots = append(g.slots, &slot{g: g, id: i, state: WorkerStarting})
@@ -242,16 +259,50 @@ func (m *Master) Reload(ctx context.Context, spec GenerationSpec, events func(Re
 	m.mu.Unlock()
 	m.log.Info("Generation serving", "gen", g.id, "release", spec.ReleaseID, "ready_after", readyAfter)
 
-	var rescued RescueStats
+	res := &ReloadResult{Generation: g.id, ReadyAfter: readyAfter}
 	if old != nil {
 		m.emit(ReloadEvent{Kind: "retiring", Generation: old.id})
-		deadline := time.Now().Add(m.cfg.DrainTimeout)
-		rescued = m.stopRescuing(old, deadline, func(signalled func()) { old.stop(m.cfg.StopSignal, deadline, time.Time{}, signalled) })
-		m.removeGen(old)
-		m.emit(ReloadEvent{Kind: "retired", Generation: old.id})
-		m.log.Info("Generation retired", "gen", old.id)
+		var retired bool
+		res.Rescued, retired = m.retire(old)
+		res.Draining = !retired
+		if res.Draining {
+			m.emit(ReloadEvent{Kind: "draining", Generation: old.id, Message: "a listening socket was replaced: the rest of the drain goes on in the background"})
+		} else {
+			m.emit(ReloadEvent{Kind: "retired", Generation: old.id})
+		}
 	}
-	return &ReloadResult{Generation: g.id, ReadyAfter: readyAfter, RetiredAfter: time.Since(start), Rescued: rescued}, nil
+	res.RetiredAfter = time.Since(start)
+	return res, nil
+}
+
+// retire stops the old generation, with connection rescue, and reports
+// true once it is gone, with what rescue did; or false as soon as the
+// listen watch replaced a socket meanwhile: the rest of the drain then goes
+// on in a goroutine of the master's (reloadWG).
+func (m *Master) retire(old *generation) (RescueStats, bool) {
+	replaced := m.socks.replacedCh()
+	retired := make(chan RescueStats, 1)
+	m.reloadWG.Add(1)
+	go func() {
+		defer m.reloadWG.Done()
+		deadline := time.Now().Add(m.cfg.DrainTimeout)
+		var st RescueStats
+		m.stopWatched(old, func() {
+			st = m.stopRescuing(old, deadline, func(signalled func()) {
+				old.stop(m.cfg.StopSignal, deadline, time.Time{}, signalled)
+			})
+		})
+		m.removeGen(old)
+		m.log.Info("Generation retired", "gen", old.id)
+		retired <- st
+	}()
+	select {
+	case st := <-retired:
+		return st, true
+	case <-replaced:
+		m.log.Warn("Listening socket replaced while a generation retired: not waiting for the rest of its drain", "gen", old.id)
+		return RescueStats{}, false
+	}
 }
 
 // stopRescuing runs stop, which stops generation g and returns once its
@@ -446,8 +497,10 @@ func (m *Master) fail(g *generation, cause error, start time.Time) error {
 	if m.cfg.Readiness.Mode == ModeListen {
 		unready = now.Add(min(m.cfg.DrainTimeout, unreadyGrace))
 	}
-	m.stopRescuing(g, now.Add(m.cfg.DrainTimeout), func(signalled func()) {
-		g.stop(m.cfg.StopSignal, now.Add(m.cfg.DrainTimeout), unready, signalled)
+	m.stopWatched(g, func() {
+		m.stopRescuing(g, now.Add(m.cfg.DrainTimeout), func(signalled func()) {
+			g.stop(m.cfg.StopSignal, now.Add(m.cfg.DrainTimeout), unready, signalled)
+		})
 	})
 	for i := range failures {
 		if p := procs[i]; p != nil {
@@ -504,6 +557,7 @@ func (m *Master) Shutdown(ctx context.Context) error {
 		close(m.closing)
 		gens := append([]*generation(nil), m.gens...)
 		m.mu.Unlock()
+		m.watchWG.Wait() // no socket is restored while the workers stop
 		m.log.Info("Shutting down", "generations", len(gens))
 
 		deadline, ok := ctx.Deadline()

@@ -33,14 +33,14 @@ type harness struct {
 
 func newHarness(t *testing.T, cfg Config) *harness {
 	t.Helper()
-	return newHarnessOn(t, cfg, ListenSpec{Name: "http", Address: "127.0.0.1:0"})
+	return newHarnessOn(t, cfg, []ListenSpec{{Name: "http", Address: "127.0.0.1:0"}})
 }
 
-// newHarnessOn is newHarness with one socket of the given spec.
-func newHarnessOn(t *testing.T, cfg Config, spec ListenSpec) *harness {
+// newHarnessOn is newHarness on the given sockets; addr is the first one's.
+func newHarnessOn(t *testing.T, cfg Config, specs []ListenSpec) *harness {
 	t.Helper()
 	logger := slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	socks, err := OpenSockets([]ListenSpec{spec}, logger)
+	socks, err := OpenSockets(specs, logger)
 	if err != nil {
 		t.Fatal(err)
 	}

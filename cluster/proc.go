@@ -97,19 +97,21 @@ func (m *Master) startProc(g *generation, worker int) (*proc, error) {
 	}
 	p.rOut, p.rErr = rOut, rErr
 	p.cmd = &exec.Cmd{
-		Path:       m.cfg.ShimPath,
-		Args:       append([]string{m.cfg.ShimPath}, m.cfg.Command...),
-		Dir:        g.dir,
-		Env:        m.workerEnv(g, worker, notifyPath),
-		Stdout:     wOut,
-		Stderr:     wErr,
-		ExtraFiles: m.socks.files,
+		Path:   m.cfg.ShimPath,
+		Args:   append([]string{m.cfg.ShimPath}, m.cfg.Command...),
+		Dir:    g.dir,
+		Env:    m.workerEnv(g, worker, notifyPath),
+		Stdout: wOut,
+		Stderr: wErr,
 		SysProcAttr: &syscall.SysProcAttr{
 			Setpgid:   true,
 			Pdeathsig: syscall.SIGKILL,
 		},
 	}
+	m.socks.mu.RLock() // the fds in ExtraFiles stay open through the fork
+	p.cmd.ExtraFiles = m.socks.files
 	err = m.spawner.start(p.cmd)
+	m.socks.mu.RUnlock()
 	wOut.Close()
 	wErr.Close()
 	if err != nil {

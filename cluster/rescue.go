@@ -80,6 +80,8 @@ type rescueTarget struct {
 
 // rescueTargets returns the rescued TCP sockets by port.
 func (s *Sockets) rescueTargets() map[uint16]rescueTarget {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
 	out := map[uint16]rescueTarget{}
 	for i, a := range s.addrs {
 		if !s.rescue[i] {

@@ -67,7 +67,7 @@ func TestRescue_DefaultStopUnderLoad(t *testing.T) {
 // on, at most a tenth of that, and only what a worker read and dropped.
 func TestRescue_SavesWhatTheWorkerDrops(t *testing.T) {
 	lost := func(noRescue bool) (int64, RescueStats) {
-		h := newHarnessOn(t, Config{Workers: 2}, ListenSpec{Name: "http", Address: "127.0.0.1:0", NoRescue: noRescue})
+		h := newHarnessOn(t, Config{Workers: 2}, []ListenSpec{{Name: "http", Address: "127.0.0.1:0", NoRescue: noRescue}})
 		h.mustReload(h.release("v0", "HELPER_MODE="+modeCloseIdle))
 		run := h.load(16)
 		waitOK(t, run, 50)

@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"strings"
+	"sync"
 	"syscall"
 
 	"github.com/coreos/go-systemd/v22/activation"
@@ -38,14 +39,23 @@ type ListenSpec struct {
 // accepts on them. Sockets are plain file descriptors in blocking mode, as
 // systemd passes them.
 type Sockets struct {
-	log     *slog.Logger
-	files   []*os.File
-	names   []string
-	addrs   []string
-	inodes  map[uint64]int // socket inode -> index
-	rescue  []bool         // per socket: connection rescue covers it
-	unlinks []string       // unix socket paths this process created
-	closed  bool
+	log *slog.Logger
+	// mu guards files, addrs, inodes, rescue, unlinks, watch, epoch and replaced, which change
+	// when the listen watch replaces a lost socket (listenwatch.go). It is
+	// held for reading across a spawn's fork, so no worker inherits a closed
+	// descriptor, and by every reader of those fields outside the watch.
+	mu       sync.RWMutex
+	files    []*os.File
+	names    []string
+	addrs    []string
+	inodes   map[uint64]int        // socket inode -> index
+	rescue   []bool                // per socket: connection rescue covers it
+	unlinks  []string              // unix socket paths this process created
+	watch    []watchRef            // per socket: what the listen watch compares
+	epoch    int                   // replacements so far
+	replaced chan struct{}         // closed (and renewed) at each replacement
+	specs    map[string]ListenSpec // by name, as given: a rebind repeats the spec's options
+	closed   bool
 }
 
 // OpenSockets opens one listening socket per spec, in order. A spec whose
@@ -80,7 +90,9 @@ func OpenSockets(specs []ListenSpec, logger *slog.Logger) (*Sockets, error) {
 	}
 
 	seen := map[string]bool{}
+	s.specs = map[string]ListenSpec{}
 	for _, sp := range specs {
+		s.specs[sp.Name] = sp
 		if strings.ContainsAny(sp.Name, ":\n") {
 			s.Close()
 			closeUnused(inherited, used)
@@ -158,6 +170,7 @@ func (s *Sockets) adopt(sp ListenSpec, f *os.File) error {
 	if err := s.add(name, a, f, !sp.NoRescue); err != nil {
 		return err
 	}
+	s.watch[len(s.watch)-1].adopted = true
 	s.log.Info("Adopted socket", "name", name, "address", a)
 	return nil
 }
@@ -221,6 +234,7 @@ func (s *Sockets) add(name, addr string, f *os.File, rescue bool) error {
 	s.names = append(s.names, name)
 	s.addrs = append(s.addrs, addr)
 	s.rescue = append(s.rescue, rescue && !strings.HasPrefix(addr, "unix:"))
+	s.watch = append(s.watch, s.newWatchRef(int(f.Fd()), st.Ino, addr))
 	return nil
 }
 
@@ -293,7 +307,11 @@ func removeStaleUnix(path string) error {
 
 // Addrs returns the actual addresses (port 0 resolved; "unix:/path" for unix
 // sockets), in spec order.
-func (s *Sockets) Addrs() []string { return append([]string(nil), s.addrs...) }
+func (s *Sockets) Addrs() []string {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return append([]string(nil), s.addrs...)
+}
 
 // Names returns the socket names as workers see them in LISTEN_FDNAMES.
 func (s *Sockets) Names() []string { return append([]string(nil), s.names...) }
@@ -311,6 +329,8 @@ func (s *Sockets) Inodes() []uint64 {
 // Close closes every socket and removes the unix socket files this process
 // created (adopted ones belong to systemd). Call it after Master.Shutdown.
 func (s *Sockets) Close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	if s.closed {
 		return nil
 	}
@@ -326,11 +346,14 @@ func (s *Sockets) Close() error {
 			errs = append(errs, err)
 		}
 	}
+	errs = append(errs, s.removeKeepLinksLocked())
 	return errors.Join(errs...)
 }
 
 // isOurs reports whether inode is one of the listening sockets.
 func (s *Sockets) isOurs(ino uint64) bool {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
 	_, ok := s.inodes[ino]
 	return ok
 }

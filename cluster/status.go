@@ -17,6 +17,9 @@ type GenerationStatus struct {
 	State     string         `json:"state"` // GenStarting, GenProbation, GenServing, GenRetiring, GenFailed
 	Started   time.Time      `json:"started"`
 	Workers   []WorkerStatus `json:"workers"`
+	// Stale: its workers hold a listening socket the listen watch replaced;
+	// a Reload moves the service onto the new one.
+	Stale bool `json:"stale,omitempty"`
 }
 
 // WorkerStatus describes one worker slot (WORKER_ID) of a generation.
@@ -33,12 +36,13 @@ type WorkerStatus struct {
 
 // Status returns a snapshot of the generations and their workers.
 func (m *Master) Status() Status {
+	epoch := m.socks.Epoch()
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	st := Status{Sockets: m.socks.Addrs(), Generations: []GenerationStatus{}, Rescued: m.rescued}
 	now := time.Now()
 	for _, g := range m.gens {
-		gs := GenerationStatus{ID: g.id, ReleaseID: g.spec.ReleaseID, Dir: g.dir, State: g.state, Started: g.created}
+		gs := GenerationStatus{ID: g.id, ReleaseID: g.spec.ReleaseID, Dir: g.dir, State: g.state, Started: g.created, Stale: g.epoch < epoch}
 		for _, s := range g.slots {
 			ws := WorkerStatus{ID: s.id, State: s.state, Restarts: s.restarts, LastExit: s.lastExit}
 			// A crash loop stays visible between restarts too, not only

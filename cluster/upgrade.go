@@ -61,10 +61,11 @@ type handover struct {
 }
 
 type handoverSocket struct {
-	FD       int    `json:"fd"`
-	Name     string `json:"name"`
-	Addr     string `json:"addr"`
-	NoRescue bool   `json:"no_rescue,omitempty"`
+	FD        int    `json:"fd"`
+	Name      string `json:"name"`
+	Addr      string `json:"addr"`
+	NoRescue  bool   `json:"no_rescue,omitempty"`
+	KeepNagle bool   `json:"keep_nagle,omitempty"`
 }
 
 type handoverGen struct {
@@ -292,17 +293,24 @@ func (m *Master) handover(extraFiles map[string]*os.File, extraState []byte) ([]
 		return fd, err
 	}
 	h := handover{
-		Version: handoverVersion, Unlinks: m.socks.unlinks, NotifyDir: m.notifyDir,
+		Version: handoverVersion, NotifyDir: m.notifyDir,
 		WatchdogPID: m.watchdog.process.Pid, SpawnSeq: m.spawnSeq.Load(), State: extraState,
 		Files: map[string]int{},
 	}
+	// The set as it is now: the listen watch replaces sockets only with
+	// spawning held, which the caller holds for writing.
+	m.socks.mu.RLock()
+	h.Unlinks = append([]string(nil), m.socks.unlinks...)
 	for i, f := range m.socks.files {
 		fd, err := keep(f)
 		if err != nil {
+			m.socks.mu.RUnlock()
 			return nil, nil, fmt.Errorf("socket %s: %w", m.socks.names[i], err)
 		}
-		h.Sockets = append(h.Sockets, handoverSocket{FD: fd, Name: m.socks.names[i], Addr: m.socks.addrs[i], NoRescue: !m.socks.rescue[i]})
+		h.Sockets = append(h.Sockets, handoverSocket{FD: fd, Name: m.socks.names[i], Addr: m.socks.addrs[i],
+			NoRescue: !m.socks.rescue[i], KeepNagle: m.socks.specs[m.socks.names[i]].KeepNagle})
 	}
+	m.socks.mu.RUnlock()
 	m.watchdog.mu.Lock()
 	w := m.watchdog.w
 	m.watchdog.mu.Unlock()
@@ -470,7 +478,10 @@ func ResumeSockets(logger *slog.Logger) (*Sockets, error) {
 		logger = slog.New(slog.DiscardHandler)
 	}
 	socks := &Sockets{log: logger, inodes: map[uint64]int{}, unlinks: h.Unlinks}
+	socks.specs = map[string]ListenSpec{}
 	for _, hs := range h.Sockets {
+		// A socket the listen watch binds anew keeps the options.
+		socks.specs[hs.Name] = ListenSpec{Name: hs.Name, Address: hs.Addr, NoRescue: hs.NoRescue, KeepNagle: hs.KeepNagle}
 		if err := socks.add(hs.Name, hs.Addr, os.NewFile(uintptr(hs.FD), hs.Name), !hs.NoRescue); err != nil {
 			socks.Close()
 			return nil, fmt.Errorf("resume sockets: %w", err)
@@ -535,6 +546,7 @@ func ResumeMaster(cfg Config, socks *Sockets) (*Master, error) {
 		closing: make(chan struct{}), shutDone: make(chan struct{}),
 	}
 	m.spawnSeq.Store(h.SpawnSeq)
+	m.startListenWatch()
 
 	type start struct {
 		s *slot

@@ -1,0 +1,47 @@
+#!/bin/bash
+# The idle CPU cost of the listen watch: the agent with one idle python3
+# worker, its utime+stime over SECONDS (default 120) from /proc/PID/stat,
+# with [app] listen_check = 0s (off), 50ms (default) and 100ms, side by side.
+set -euo pipefail
+SECS=${1:-120}
+cd "$(dirname "$0")/.."
+W=$(mktemp -d)
+trap 'rm -rf "$W"' EXIT
+CGO_ENABLED=0 go build -o "$W/agent" ./agent
+mkdir -p "$W/rel"
+cat > "$W/rel/app.py" <<'APP'
+import os, signal, socket, time
+socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).sendto(b"READY=1", os.environ["NOTIFY_SOCKET"])
+signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+while True:
+    time.sleep(3600)
+APP
+one() { # CHECK
+	local d="$W/$1" p t0 t1
+	mkdir -p "$d"
+	cat > "$d/deploy.toml" <<TOML
+root = "$d/root"
+[app]
+command = ["python3", "app.py"]
+workers = 1
+listen_check = "$1"
+[[listen]]
+name = "http"
+address = "127.0.0.1:0"
+[readiness]
+mode = "notify"
+TOML
+	"$W/agent" run -c "$d/deploy.toml" 2>"$d/log" &
+	p=$!
+	for _ in $(seq 100); do "$W/agent" status -c "$d/deploy.toml" >/dev/null 2>&1 && break; sleep 0.1; done
+	"$W/agent" deploy -c "$d/deploy.toml" --id v1 "$W/rel" >/dev/null
+	sleep 2
+	t0=$(awk '{print $14+$15}' /proc/$p/stat)
+	sleep "$SECS"
+	t1=$(awk '{print $14+$15}' /proc/$p/stat)
+	kill "$p"
+	wait "$p" || true
+	echo "listen_check=$1: $((t1 - t0)) ticks of $(getconf CLK_TCK)/s in ${SECS}s"
+}
+one 0s & one 50ms & one 100ms
+wait
