@@ -165,6 +165,11 @@ func TestMaster_ListenWatchRestoresUnixPath(t *testing.T) {
 	}
 	h.mustReload(h.release("bad2", "HELPER_ON_EXIT=unlink"))
 	h.mustReload(h.release("v3")) // retires bad2
+	// Reload may return while bad2 still drains (its socket was replaced):
+	// its second worker's unlink comes when it exits.
+	if !waitFor(10*time.Second, func() bool { return len(h.m.Status().Generations) == 1 }) {
+		t.Fatalf("bad2 never finished retiring: %+v", h.m.Status().Generations)
+	}
 	ls := allLost(t, lost)
 	for i, l := range ls {
 		want := RestoredRelinked
