@@ -1,6 +1,7 @@
 package main
 
 import (
+	"github.com/handoff/handoff/cluster"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -72,8 +73,9 @@ func TestParseConfig_designExample(t *testing.T) {
 		KeepReleases: 5,
 		Linked:       []string{"storage", ".env"},
 		App: AppConfig{Command: []string{"node", "server.js"}, Workers: 2, Env: map[string]string{"NODE_ENV": "production"},
-			StopSignal: syscall.SIGTERM, DrainTimeout: 30 * time.Second, Adapter: "none"},
-		Listen:    []ListenConfig{{Name: "http", Address: "127.0.0.1:8080", Pos: Problem{Line: 14, Col: 1}}},
+			StopSignal: syscall.SIGTERM, DrainTimeout: 30 * time.Second, Adapter: "none",
+			RescueLinger: cluster.DefaultRescueLinger, ListenCheck: cluster.DefaultListenCheck},
+		Listen:    []ListenConfig{{Name: "http", Address: "127.0.0.1:8080", Rescue: true, NoDelay: true, Pos: Problem{Line: 14, Col: 1}}},
 		Readiness: ReadinessConfig{Mode: "listen", Timeout: 60 * time.Second, Quorum: 0, Delay: 2 * time.Second},
 		Restart:   RestartConfig{BackoffMin: 100 * time.Millisecond, BackoffMax: 30 * time.Second},
 		Fetch:     FetchConfig{Allow: []string{"https", "http", "file"}, MaxBytes: 2 << 30, MaxFiles: 200000, Timeout: 10 * time.Minute},
@@ -238,6 +240,9 @@ func TestConfig_exampleDocumentsEveryKey(t *testing.T) {
 				if l, ok := md.Keys(), true; ok && len(l) > 0 {
 					// Array of tables: check the fields on the first element.
 					for j := 0; j < ft.NumField(); j++ {
+						if ft.Field(j).Tag.Get("toml") == "" {
+							continue // a value type such as a status range, not a table
+						}
 						found := false
 						for _, k := range l {
 							if len(k) == 2 && k[0] == tag && k[1] == ft.Field(j).Tag.Get("toml") {
