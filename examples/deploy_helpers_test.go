@@ -209,6 +209,12 @@ type deployConfig struct {
 	command []string
 	env     map[string]string
 	mode    string // readiness mode
+	// listenTOML is added at the end of the [[listen]] table (keys such
+	// as `rescue = false`); empty adds nothing.
+	listenTOML string
+	// readinessTimeout replaces the default 15s (slow starters on a busy
+	// machine).
+	readinessTimeout string
 }
 
 // startAgent writes deploy.toml and runs `agent run` until its control
@@ -228,6 +234,10 @@ func startAgent(t *testing.T, dc deployConfig) *agentRun {
 		env = append(env, k+" = "+q(v))
 	}
 	sort.Strings(env)
+	readinessTimeout := dc.readinessTimeout
+	if readinessTimeout == "" {
+		readinessTimeout = "15s"
+	}
 	text := fmt.Sprintf(`root = %s
 keep_releases = 3
 
@@ -240,10 +250,10 @@ drain_timeout = "15s"
 [[listen]]
 name = "http"
 address = "127.0.0.1:0"
-
+%s
 [readiness]
 mode = %s
-timeout = "15s"
+timeout = %s
 
 [restart]
 backoff_min = "50ms"
@@ -252,7 +262,7 @@ backoff_max = "1s"
 [fetch]
 allow = ["http"]
 require_checksum = true
-`, q(root), strings.Join(cmd, ", "), strings.Join(env, ", "), q(dc.mode))
+`, q(root), strings.Join(cmd, ", "), strings.Join(env, ", "), dc.listenTOML, q(dc.mode), q(readinessTimeout))
 	a := &agentRun{t: t, bin: bin, cfg: filepath.Join(dir, "deploy.toml"),
 		sock: filepath.Join(root, ".agent", "agent.sock"), out: &proctest.SyncBuffer{}, done: make(chan struct{})}
 	if err := os.WriteFile(a.cfg, []byte(text), 0o644); err != nil {
