@@ -11,7 +11,8 @@
 //     directory;
 //   - "line": a line protocol on raw TCP: each line is answered with
 //     "$DEPLOY_RELEASE_ID: LINE\n"; on SIGTERM it stops accepting, closes
-//     idle connections, and closes each busy one after its current answer.
+//     idle connections, and closes each busy one after its current answer
+//     (as Shutdown does for HTTP).
 package main
 
 import (
@@ -93,7 +94,7 @@ type lineServer struct {
 	wg       sync.WaitGroup // one per connection handler
 	mu       sync.Mutex     // guards stopping and idle
 	stopping bool
-	idle     map[net.Conn]bool // every open connection: true while it waits for a line
+	idle     map[net.Conn]bool // every open connection: true while it waits for its next line
 }
 
 func serveLines(l net.Listener, release string, stop <-chan os.Signal) {
@@ -115,13 +116,11 @@ func serveLines(l net.Listener, release string, stop <-chan os.Signal) {
 		if err != nil {
 			break
 		}
+		// A new connection is not idle until its first answer (as
+		// Shutdown treats StateNew): one accepted as the stop began gets
+		// that answer, then is closed.
 		s.mu.Lock()
-		if s.stopping {
-			s.mu.Unlock()
-			c.Close()
-			continue
-		}
-		s.idle[c] = true
+		s.idle[c] = false
 		s.wg.Add(1)
 		s.mu.Unlock()
 		go s.serve(c)
