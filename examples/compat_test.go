@@ -49,6 +49,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -448,7 +449,7 @@ func testCompatStack(t *testing.T, s compatStack, l compatLoad, off bool) {
 type tally struct {
 	mu     sync.Mutex // guards counts, errs and lat
 	counts map[string]int64
-	errs   []string
+	errs   []string        // the last few errors
 	lat    []time.Duration // latencies of ok requests, when recorded
 }
 
@@ -467,15 +468,18 @@ func (ta *tally) add(kind string, err error, lat time.Duration) {
 	ta.mu.Lock()
 	defer ta.mu.Unlock()
 	ta.counts[kind]++
-	if err != nil && len(ta.errs) < 10 {
+	if err != nil { // the last 10, so a failing step shows its own
 		ta.errs = append(ta.errs, kind+": "+err.Error())
+		if len(ta.errs) > 10 {
+			ta.errs = ta.errs[1:]
+		}
 	}
 	if kind == outOK && lat > 0 {
 		ta.lat = append(ta.lat, lat)
 	}
 }
 
-// snapshot returns the counts and latencies so far, and the first errors.
+// snapshot returns the counts and latencies so far, and the last errors.
 func (ta *tally) snapshot() (map[string]int64, []time.Duration, []string) {
 	ta.mu.Lock()
 	defer ta.mu.Unlock()
@@ -562,7 +566,7 @@ func hazardSteps(t *testing.T, r *compatRun, ta *tally, off bool, check func(s c
 			failedBefore := t.Failed()
 			check(s, delta)
 			if !failedBefore && t.Failed() {
-				t.Logf("first errors: %q", errs)
+				t.Logf("last errors: %q", errs)
 			}
 		}
 		prev, prevLat = cur, len(lat)
@@ -584,20 +588,11 @@ func latencies(lat []time.Duration) string {
 func lossesOnly(t *testing.T, s compatStep, delta map[string]int64, allowed ...string) {
 	t.Helper()
 	for k, v := range delta {
-		if k == outOK || contains(allowed, k) {
+		if k == outOK || slices.Contains(allowed, k) {
 			continue
 		}
 		t.Errorf("%s: %d %s", s.name, v, k)
 	}
-}
-
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }
 
 // TestCompat_HTTP10 deploys FastAPI on uvicorn (which ends a connection with
