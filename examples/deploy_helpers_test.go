@@ -212,6 +212,9 @@ type deployConfig struct {
 	adapter string // [app] adapter; "" leaves it out
 	listen  string // [[listen]] address; "" is 127.0.0.1:0
 	timeout string // [readiness] timeout; "" is 15s
+	// listenTOML is added at the end of the [[listen]] table (keys such
+	// as `rescue = false`); empty adds nothing.
+	listenTOML string
 }
 
 // startAgent writes deploy.toml and runs `agent run` until its control
@@ -253,7 +256,7 @@ drain_timeout = "15s"
 [[listen]]
 name = "http"
 address = %s
-
+%s
 [readiness]
 mode = %s
 timeout = %s
@@ -265,7 +268,7 @@ backoff_max = "1s"
 [fetch]
 allow = ["http"]
 require_checksum = true
-`, q(root), strings.Join(cmd, ", "), strings.Join(env, ", "), adapter, q(listen), q(dc.mode), q(dc.timeout))
+`, q(root), strings.Join(cmd, ", "), strings.Join(env, ", "), adapter, q(listen), dc.listenTOML, q(dc.mode), q(dc.timeout))
 	a := &agentRun{t: t, bin: bin, cfg: filepath.Join(dir, "deploy.toml"),
 		sock: filepath.Join(root, ".agent", "agent.sock"), out: &proctest.SyncBuffer{}, done: make(chan struct{})}
 	if err := os.WriteFile(a.cfg, []byte(text), 0o644); err != nil {
