@@ -16,10 +16,13 @@
 #
 # Cases, each under continuous load: a rolling deploy with haproxy draining;
 # the same with agent_serial [1, "50%"] and no draining; a release that
-# fails on host 2 (rollout stops, host 1 rolled back, host 3 untouched); an
-# upgrade of the agent binary on every host (same worker pids, new version).
-# Each must end with 0 failed requests and no health-check flap.
+# fails on host 2 (rollout stops, host 1 rolled back, host 3 untouched),
+# then an agent that cannot be reached; an upgrade of the agent binary on
+# every host (same worker pids, new version). Each must end with 0 failed
+# requests and no failed health check.
 #
+# SCALEOUT_MEASURE=1 adds figures (no pass/fail): an agent restart under
+# load (no socket unit), as it is and drained through haproxy first.
 # Skips with one line "== scaleout: SKIP: …" and exit 0 only where
 # `ip netns add` is not permitted. SCALEOUT_KEEP=1 keeps the temp dir.
 set -euo pipefail
@@ -41,6 +44,7 @@ T=$(mktemp -d /tmp/handoff-scaleout.XXXXXX)
 net=10.213.$(($$ % 250 + 1))
 bridge=${tag}br
 hosts=(h1 h2 h3)
+declare -A agent_pid
 pids=()   # everything started here, stopped in reverse order at exit
 nss=()
 failed=0
@@ -162,6 +166,7 @@ mode = "listen"
 timeout = "20s"
 EOF
 	ip netns exec "${tag}-$h" "$d/bin/agent" run -c "$d/deploy.toml" >"$d/agent.log" 2>&1 &
+	agent_pid[$h]=$!
 	pids+=($!)
 done
 
@@ -226,7 +231,8 @@ ssh_args = -F /dev/null -o UserKnownHostsFile=$T/ssh/known_hosts -o StrictHostKe
 pipelining = true
 EOF
 export ANSIBLE_CONFIG=$T/ansible.cfg
-playbook() { ansible-playbook "$@"; }
+# Each line of Ansible's output gets the time of day, for the logs.
+playbook() { ansible-playbook "$@" | while IFS= read -r l; do printf '%(%T)T %s\n' -1 "$l"; done; }
 
 agent_status() { "$T/$1/bin/agent" status -c "$T/$1/deploy.toml" --json; }
 current_of() { agent_status "$1" | python3 -c 'import json,sys; print(json.load(sys.stdin)["current"])'; }
@@ -265,10 +271,11 @@ load_start() {
 	case_began=$(date +%s%3N)
 	sleep 0.5
 }
-# load_stop CASE: stops the load, checks 0 failed (stale keep-alive counts
-# as failed), enough requests, and no failed health check meanwhile.
+# load_stop CASE [measure]: stops the load, checks 0 failed (stale
+# keep-alive counts as failed), enough requests, and no failed health check
+# meanwhile; with measure, only prints the figures.
 load_stop() {
-	local early=
+	local early= mode=${2:-}
 	kill -0 "$load_pid" 2>/dev/null || early=1
 	kill -INT "$load_pid" 2>/dev/null || true
 	wait "$load_pid" || true
@@ -289,6 +296,7 @@ PY
 	local name=$1 requests=$2 failedn=$3 stale=$4
 	shift 4
 	echo "   $name: $* checks_failed=$((chk_after - chk_before)) ($(ms_since "$case_began") ms)"
+	[ "$mode" != measure ] || return 0
 	[ "$failedn" = 0 ] && [ "$stale" = 0 ] || fail "$name: $failedn failed, $stale stale keep-alive requests"
 	[ -z "$early" ] || fail "$name: the load ended (its 300 s bound) before the case did"
 	[ "$requests" -ge 200 ] || fail "$name: only $requests requests went through"
@@ -317,7 +325,7 @@ else
 fi
 load_stop canary
 
-echo "== case 3: r4 fails on h2: the rollout stops, h1 goes back to r3, h3 is untouched"
+echo "== case 3: r4 fails on h2: the rollout stops, h1 goes back to r3, h3 is untouched; then an unreachable agent"
 touch "$T/h2/root/fail-r4"
 load_start failure
 if playbook ansible/deploy.yml -e agent_release_id=r4 -e "agent_artifact_url=$(url r4)" "${lb_vars[@]}" >"$T/deploy-r4.log" 2>&1; then
@@ -331,6 +339,16 @@ last_op() { "$T/$1/bin/agent" history -c "$T/$1/deploy.toml" --json | python3 -c
 echo "   last operation: h1 $(last_op h1), h2 $(last_op h2), h3 $(last_op h3)"
 [ "$(last_op h1)" = "rollback r3 ok" ] || fail "failure: h1's last operation is not a rollback to r3"
 [ "$(last_op h3)" = "deploy r3 ok" ] || fail "failure: h3 was touched"
+# An agent that cannot be reached (exit 3) fails its host the same way: a
+# config whose control socket leads nowhere, for every host.
+{ cat "$T/h1/deploy.toml"; printf '\n[control]\nsocket = "%s"\n' "$T/nowhere.sock"; } >"$T/unreachable.toml"
+if playbook ansible/deploy.yml -e agent_release_id=r5 -e "agent_artifact_url=$(url r3)" -e "agent_config=$T/unreachable.toml" >"$T/deploy-r5.log" 2>&1; then
+	fail "unreachable: the playbook exited 0"
+fi
+grep -o 'deploy of r5 failed on h1: [^"]*' "$T/deploy-r5.log" | head -1 | cut -c1-300 | sed 's/^/   /'
+grep -q 'deploy of r5 failed on h1: agent deploy exited 3 (agent not reachable).*Not touched: h2, h3' "$T/deploy-r5.log" ||
+	fail "unreachable: no message naming h1, exit 3 and the untouched hosts"
+for h in "${hosts[@]}"; do [ "$(current_of "$h")" = r3 ] || fail "unreachable: $h is not on r3"; done
 load_stop failure
 rm -f "$T/h2/root/fail-r4"
 
@@ -348,6 +366,42 @@ else
 	fail "upgrade: the playbook failed"; tail -30 "$T/upgrade.log"
 fi
 load_stop upgrade
+
+# --- optional measurement: an agent restart without a socket unit ----------
+# SCALEOUT_MEASURE=1: restart h1's agent under the same load, first as it is,
+# then out of rotation (disable server, drain, restart, enable server).
+# Figures only: the first is expected to fail requests.
+restart_agent() {
+	local h=$1 p=${agent_pid[$1]} keep=() q
+	kill -TERM "$p"
+	wait "$p" || true
+	for q in "${pids[@]}"; do [ "$q" = "$p" ] || keep+=("$q"); done
+	pids=("${keep[@]}")
+	ip netns exec "${tag}-$h" "$T/$h/bin/agent" run -c "$T/$h/deploy.toml" >>"$T/$h/agent.log" 2>&1 &
+	agent_pid[$h]=$!
+	pids+=($!)
+	for _ in $(seq 200); do
+		agent_status "$h" 2>/dev/null | python3 -c 'import json,sys; s=json.load(sys.stdin); w=[w["state"] for g in s["generations"] for w in g["workers"]]; sys.exit(0 if w and all(x == "ready" for x in w) else 1)' 2>/dev/null && return 0
+		sleep 0.1
+	done
+	echo "agent on $h did not come back"; return 1
+}
+if [ "${SCALEOUT_MEASURE:-}" = 1 ]; then
+	helper=ansible/roles/handoff/files/haproxy_runtime.py
+	echo "== measure: restart h1's agent under load, no draining"
+	load_start restart-plain
+	restart_agent h1
+	for _ in $(seq 100); do all_up && break; sleep 0.1; done
+	sleep 1
+	load_stop restart-plain measure
+	echo "== measure: restart h1's agent under load, drained through haproxy first"
+	load_start restart-drained
+	python3 "$helper" "$T/haproxy.sock" disable app h1 30 | sed 's/^/   /'
+	restart_agent h1
+	python3 "$helper" "$T/haproxy.sock" enable app h1 30 | sed 's/^/   /'
+	sleep 1
+	load_stop restart-drained measure
+fi
 
 echo "== scaleout: $(ms_since "$began") ms in all"
 echo "scaleout: $good_cases passed, $bad_cases failed"
