@@ -80,11 +80,13 @@ ms_since() { echo $(($(date +%s%3N) - $1)); }
 
 # --- binaries and releases -------------------------------------------------
 echo "== building agents (versions scaleout-1, scaleout-2), the example app and loadgen"
+t0=$(date +%s%3N)
 mkdir -p "$T/bin" "$T/artifacts"
 CGO_ENABLED=0 go build -ldflags "-X main.version=scaleout-1" -o "$T/bin/agent-1" ./agent
 CGO_ENABLED=0 go build -ldflags "-X main.version=scaleout-2" -o "$T/bin/agent-2" ./agent
 CGO_ENABLED=0 go build -o "$T/bin/app" ./examples/go
 go build -o "$T/bin/loadgen" ./cmd/loadgen
+echo "   $(ms_since "$t0") ms"
 
 # Every release is the Go example behind a start script that refuses to
 # start where the host's root holds the marker fail-<release id>: the same
@@ -262,7 +264,9 @@ all_up || { echo "haproxy does not see all three hosts UP:"; hastat; exit 1; }
 
 load_pid=
 load_start() {
-	"$T/bin/loadgen" -addr "127.0.0.1:$lb_port" -conns 2 -keepalive -duration 300s -max 5000000 -json \
+	# Niced: the load is there to catch a failure, not to starve Ansible of
+	# the machine's CPU.
+	nice -n 10 "$T/bin/loadgen" -addr "127.0.0.1:$lb_port" -conns 2 -keepalive -duration 300s -max 5000000 -json \
 		>"$T/load-$1.json" 2>"$T/load-$1.err" &
 	load_pid=$!
 	pids+=("$load_pid")
