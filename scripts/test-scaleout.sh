@@ -41,7 +41,12 @@ ip netns del "$probe_ns"
 bash scripts/install-deps.sh >/dev/null
 
 T=$(mktemp -d /tmp/handoff-scaleout.XXXXXX)
-net=10.213.$(($$ % 250 + 1))
+# A /24 no other interface or route uses (another run of this script may
+# hold one), starting from one chosen by the pid.
+for k in $(seq 0 249); do
+	net=10.213.$((($$ + k) % 250 + 1))
+	[ -z "$(ip -4 route show to "$net.0/24")" ] && break
+done
 bridge=${tag}br
 hosts=(h1 h2 h3)
 declare -A agent_pid
