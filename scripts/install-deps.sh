@@ -7,6 +7,13 @@ need=()
 command -v systemd-socket-activate >/dev/null || need+=(systemd)
 command -v setpriv >/dev/null || need+=(util-linux)
 command -v node >/dev/null || need+=(nodejs)
+# scripts/test-scaleout.sh: Ansible, sshd per host, haproxy in front.
+command -v ansible-playbook >/dev/null || need+=(ansible-core)
+[ -x /usr/sbin/haproxy ] || need+=(haproxy)
+[ -x /usr/sbin/sshd ] || need+=(openssh-server)
+command -v ssh >/dev/null || need+=(openssh-client)
+command -v ip >/dev/null || need+=(iproute2)
+command -v socat >/dev/null || need+=(socat)
 if [ ${#need[@]} -gt 0 ]; then
 	echo "== apt-get install ${need[*]}"
 	apt-get update -qq
