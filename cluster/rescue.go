@@ -26,8 +26,12 @@ import (
 // list is refreshed every rescueMembersEvery polls. It runs only while a
 // generation stops: steady state costs nothing.
 const (
-	rescuePollMin      = time.Millisecond
-	rescuePollMax      = 10 * time.Millisecond
+	rescuePollMin = time.Millisecond
+	rescuePollMax = 10 * time.Millisecond
+	// rescueFastFor keeps polling at rescuePollMin after the stop signal:
+	// servers close what they accepted meanwhile within the first tenths
+	// of a second (uvicorn accepts for up to 100 ms after SIGTERM).
+	rescueFastFor      = 500 * time.Millisecond
 	rescueMembersEvery = 4
 	// DefaultRescueLinger is how long a released connection with nothing to
 	// read is held for a request that may be on its way (Config.RescueLinger).
@@ -305,6 +309,7 @@ func (r *rescuer) run() {
 	defer close(r.done)
 	defer r.closePidfds()
 	interval := rescuePollMin
+	fastUntil := time.Now().Add(rescueFastFor)
 	t := time.NewTimer(interval)
 	defer t.Stop()
 	for n := 1; ; n++ {
@@ -321,7 +326,9 @@ func (r *rescuer) run() {
 			r.refreshMembers()
 		}
 		r.poll()
-		interval = min(interval*5/4+time.Millisecond/4, rescuePollMax)
+		if time.Now().After(fastUntil) {
+			interval = min(interval*5/4+time.Millisecond/4, rescuePollMax)
+		}
 		t.Reset(interval)
 	}
 }

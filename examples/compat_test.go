@@ -1025,10 +1025,19 @@ func pipelineSession(ctx context.Context, addr string, ta *tally) {
 			case err == nil:
 				ta.add("failed:out-of-order", fmt.Errorf("request %s answered %d %q", p, resp.StatusCode, body), 0)
 				return
-			case (batch > 0 || k > 0) && cc.n == before && br.Buffered() == 0 && cleanClose(err):
-				// The server closed without saying so: every request of
-				// the batch from here on is lost, as a stale keep-alive.
+			case k > 0 && cc.n == before && br.Buffered() == 0 && cleanClose(err):
+				// The server answered part of the batch, then closed: a
+				// server may close after any response, and a client that
+				// pipelines resends what was left unanswered (RFC 9112,
+				// 9.3.2), as after a "Connection: close" answer.
 				for range paths[k:] {
+					ta.add(outAfterClose, err, 0)
+				}
+				return
+			case batch > 0 && cc.n == before && br.Buffered() == 0 && cleanClose(err):
+				// Closed before any answer to the batch: every request of
+				// it is lost, as a stale keep-alive.
+				for range paths {
 					ta.add(outStale, err, 0)
 				}
 				return
