@@ -4,6 +4,7 @@ import (
 	"errors"
 	"net/netip"
 	"os"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -33,6 +34,8 @@ const (
 	// of a second (uvicorn accepts for up to 100 ms after SIGTERM).
 	rescueFastFor      = 500 * time.Millisecond
 	rescueMembersEvery = 4
+	// rescueNice is the priority of the polling thread while it runs.
+	rescueNice = -10
 	// DefaultRescueLinger is how long a released connection with nothing to
 	// read is held for a request that may be on its way (Config.RescueLinger).
 	// A keep-alive client that is slow to send its next request (a loaded
@@ -308,6 +311,19 @@ func (r *rescuer) finish() RescueStats {
 func (r *rescuer) run() {
 	defer close(r.done)
 	defer r.closePidfds()
+	// A connection a worker accepts and closes between two looks is not
+	// rescued: on a busy box the looks must not wait for a CPU behind
+	// everything else. The poll runs on a thread of its own, at a higher
+	// priority where the agent may raise it (CAP_SYS_NICE), put back before
+	// the thread returns to the runtime.
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	tid := unix.Gettid()
+	if prio, err := unix.Getpriority(unix.PRIO_PROCESS, tid); err == nil { // the raw value: 20 - nice
+		if unix.Setpriority(unix.PRIO_PROCESS, tid, rescueNice) == nil {
+			defer unix.Setpriority(unix.PRIO_PROCESS, tid, 20-prio)
+		}
+	}
 	interval := rescuePollMin
 	fastUntil := time.Now().Add(rescueFastFor)
 	t := time.NewTimer(interval)
@@ -350,9 +366,41 @@ func (r *rescuer) refreshMembers() {
 		if chanClosed(p.done) {
 			continue
 		}
-		r.members = append(r.members, p.pid)
+		if st, ok := readStat(p.pid); ok && st.state != 'Z' {
+			r.members = append(r.members, descendants(p.pid)...)
+			continue
+		}
+		// The leader exited and its children were handed to init: what is
+		// left of its group is found by a scan of newer processes.
 		r.members = append(r.members, groupMembers(p.pid, true)...)
 	}
+}
+
+// descendants returns pid and its descendants, from the kernel's children
+// lists: its cost follows the size of the tree, not of the box.
+func descendants(pid int) []int {
+	out := []int{pid}
+	for i := 0; i < len(out) && len(out) < 4096; i++ {
+		base := "/proc/" + strconv.Itoa(out[i]) + "/task/"
+		d, err := os.Open(base)
+		if err != nil {
+			continue
+		}
+		tids, _ := d.Readdirnames(-1)
+		d.Close()
+		for _, tid := range tids {
+			b, err := os.ReadFile(base + tid + "/children")
+			if err != nil {
+				continue
+			}
+			for _, f := range strings.Fields(string(b)) {
+				if c, err := strconv.Atoi(f); err == nil {
+					out = append(out, c)
+				}
+			}
+		}
+	}
+	return out
 }
 
 // poll copies the client connections the members hold that it has not
