@@ -174,10 +174,10 @@ func (s *slot) watch(p *proc) {
 
 // stop stops every worker: sig to each process group, SIGKILL to the group
 // at deadline. With unreadyDeadline set, workers that never got ready get
-// SIGKILL at that (earlier) time instead. signalled, if not nil, runs once
-// every worker was sent sig, before the wait. It returns when every slot
+// SIGKILL at that (earlier) time instead. beforeSignal, if not nil, runs
+// right before the first worker is sent sig. It returns when every slot
 // goroutine is done and every process reaped.
-func (g *generation) stop(sig syscall.Signal, deadline, unreadyDeadline time.Time, signalled func()) {
+func (g *generation) stop(sig syscall.Signal, deadline, unreadyDeadline time.Time, beforeSignal func()) {
 	m := g.m
 	m.mu.Lock()
 	select {
@@ -195,15 +195,15 @@ func (g *generation) stop(sig syscall.Signal, deadline, unreadyDeadline time.Tim
 		}
 	}
 	m.mu.Unlock()
+	if beforeSignal != nil {
+		beforeSignal()
+	}
 	for _, p := range procs {
 		if !unreadyDeadline.IsZero() && !p.isReady() {
 			p.signalStop(sig, unreadyDeadline)
 		} else {
 			p.signalStop(sig, deadline)
 		}
-	}
-	if signalled != nil {
-		signalled()
 	}
 	var wg sync.WaitGroup
 	for _, p := range procs {

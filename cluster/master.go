@@ -288,8 +288,8 @@ func (m *Master) retire(old *generation) (RescueStats, bool) {
 		deadline := time.Now().Add(m.cfg.DrainTimeout)
 		var st RescueStats
 		m.stopWatched(old, func() {
-			st = m.stopRescuing(old, deadline, func(signalled func()) {
-				old.stop(m.cfg.StopSignal, deadline, time.Time{}, signalled)
+			st = m.stopRescuing(old, deadline, func(beforeSignal func()) {
+				old.stop(m.cfg.StopSignal, deadline, time.Time{}, beforeSignal)
 			})
 		})
 		m.removeGen(old)
@@ -308,10 +308,10 @@ func (m *Master) retire(old *generation) (RescueStats, bool) {
 // stopRescuing runs stop, which stops generation g and returns once its
 // processes are reaped, with connection rescue around it when another
 // generation serves: the connections g's workers let go of are taken over
-// (see rescue.go). stop must call signalled once it sent the stop signal to
-// every worker and before it waits for them. It returns what rescue did,
+// (see rescue.go). stop must call beforeSignal right before it sends the
+// stop signal. It returns what rescue did,
 // also logged, emitted as a "rescue" event and added to the master's totals.
-func (m *Master) stopRescuing(g *generation, deadline time.Time, stop func(signalled func())) RescueStats {
+func (m *Master) stopRescuing(g *generation, deadline time.Time, stop func(beforeSignal func())) RescueStats {
 	m.mu.Lock()
 	serving := m.serving != nil && m.serving != g
 	m.mu.Unlock()
@@ -498,8 +498,8 @@ func (m *Master) fail(g *generation, cause error, start time.Time) error {
 		unready = now.Add(min(m.cfg.DrainTimeout, unreadyGrace))
 	}
 	m.stopWatched(g, func() {
-		m.stopRescuing(g, now.Add(m.cfg.DrainTimeout), func(signalled func()) {
-			g.stop(m.cfg.StopSignal, now.Add(m.cfg.DrainTimeout), unready, signalled)
+		m.stopRescuing(g, now.Add(m.cfg.DrainTimeout), func(beforeSignal func()) {
+			g.stop(m.cfg.StopSignal, now.Add(m.cfg.DrainTimeout), unready, beforeSignal)
 		})
 	})
 	for i := range failures {

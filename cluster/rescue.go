@@ -201,11 +201,15 @@ func (h *heldConn) snapshot() {
 // startRescue freezes the process groups of g's workers (SIGSTOP), takes a
 // copy of every client connection they hold with a snapshot of what waits
 // in it, and starts polling for more and for the ones they let go of. The
-// groups stay frozen until thaw, which the caller runs once it has sent them
-// the stop signal: no worker accepts a connection or reads a request between
-// the copy and the signal, and one that dies of the signal dies on waking,
-// before it accepts another. It returns nil when nothing is to be rescued:
-// no rescued socket, rescue refused before, or no other generation serving.
+// groups stay frozen until thaw, which the caller runs right before it
+// sends them the stop signal: no worker accepts a connection or reads a
+// request between the copy and the signal but in those microseconds. The
+// signal is not sent while they are stopped: a stopped thread does not want
+// a signal, so the kernel would leave it to whichever thread runs first on
+// waking instead of the main thread, and an app whose main thread waits for
+// it (Python's signal handlers run there) would never see it. It returns
+// nil when nothing is to be rescued: no rescued socket, rescue refused
+// before, or no other generation serving.
 func (m *Master) startRescue(g *generation, deadline time.Time) *rescuer {
 	if m.rescueOff.Load() {
 		return nil
