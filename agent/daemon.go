@@ -16,6 +16,8 @@ import (
 	sddaemon "github.com/coreos/go-systemd/v22/daemon"
 
 	"github.com/handoff/handoff/cluster"
+	"github.com/handoff/handoff/config"
+	"github.com/handoff/handoff/control"
 	"github.com/handoff/handoff/hooks"
 	"github.com/handoff/handoff/release"
 )
@@ -54,7 +56,7 @@ func setupRun(fs *flag.FlagSet) func([]string) int {
 // and the control socket. One operation (deploy, rollback, reload) runs at a
 // time; at most one more waits, and a newer waiter supersedes it.
 type daemon struct {
-	cfg    *Config
+	cfg    *config.Config
 	log    *slog.Logger
 	store  *release.Store
 	socks  *cluster.Sockets
@@ -74,13 +76,13 @@ type daemon struct {
 
 // op is one deploy, rollback or reload, queued or running.
 type op struct {
-	req     Request   // ID filled in for deploys
-	since   time.Time // submitted
-	started time.Time // set by execute
-	log     *opLog
-	first   bool             // the start-up generation: not recorded in history
-	recover bool             // a reload onto a replaced listening socket
-	lost    []*ListenLostDoc // listening sockets lost during it; guarded by daemon.mu
+	req     control.Request // ID filled in for deploys
+	since   time.Time       // submitted
+	started time.Time       // set by execute
+	log     *control.Log
+	first   bool                     // the start-up generation: not recorded in history
+	recover bool                     // a reload onto a replaced listening socket
+	lost    []*control.ListenLostDoc // listening sockets lost during it; guarded by daemon.mu
 }
 
 func (o *op) describe() string {
@@ -96,7 +98,7 @@ func (o *op) describe() string {
 	return s
 }
 
-func (o *op) running() *RunningOp {
+func (o *op) running() *control.RunningOp {
 	if o == nil {
 		return nil
 	}
@@ -104,7 +106,7 @@ func (o *op) running() *RunningOp {
 	if id == "" {
 		id = o.req.To
 	}
-	return &RunningOp{Op: o.req.Op, ID: id, URL: release.RedactURL(o.req.URL), Since: o.since}
+	return &control.RunningOp{Op: o.req.Op, ID: id, URL: release.RedactURL(o.req.URL), Since: o.since}
 }
 
 func notify(log *slog.Logger, state string) {
@@ -114,7 +116,7 @@ func notify(log *slog.Logger, state string) {
 }
 
 // runDaemon is `agent run`; it returns the exit code.
-func runDaemon(cfg *Config, log *slog.Logger) int {
+func runDaemon(cfg *config.Config, log *slog.Logger) int {
 	d := &daemon{cfg: cfg, log: log, start: time.Now(), hooks: &hooks.Runner{Timeout: cfg.Hooks.Timeout, Logger: log}}
 	log.Info("Starting", "version", agentVersion(), "config", cfg.Path, "root", cfg.Root, "pid", os.Getpid())
 
@@ -159,7 +161,7 @@ func runDaemon(cfg *Config, log *slog.Logger) int {
 	log.Info("Listening", "addrs", socks.Addrs())
 
 	env := cfg.App.EnvList()
-	if cfg.App.Adapter == adapterNode {
+	if cfg.App.Adapter == config.AdapterNode {
 		path, extra, err := setupNodeAdapter(cfg.App, cfg.Root, socks.Names(), socks.Addrs(), socks.Inodes(), !d.up.resumed)
 		if err != nil {
 			log.Error("Cannot set up the Node adapter", "err", err)
@@ -199,7 +201,7 @@ func runDaemon(cfg *Config, log *slog.Logger) int {
 	d.mu.Lock()
 	d.ctx = ctx
 	d.mu.Unlock()
-	srv := newControlServer(ln, cfg.Control.AllowUIDs, cfg.Control.AllowGIDs, log, func(req Request) *opLog { return d.submit(ctx, req) })
+	srv := control.NewServer(ln, cfg.Control.AllowUIDs, cfg.Control.AllowGIDs, log, func(req control.Request) *control.Log { return d.submit(ctx, req) })
 	serveDone := make(chan error, 1)
 	go func() { serveDone <- srv.Serve() }()
 	log.Info("Control socket ready", "path", cfg.Control.Socket)
@@ -216,7 +218,7 @@ func runDaemon(cfg *Config, log *slog.Logger) int {
 		d.markReady(d.statusLine())
 	case cerr == nil:
 		d.mu.Lock()
-		d.startLocked(ctx, &op{req: Request{Op: opReload, ID: cur}, since: time.Now(), log: newOpLog(), first: true})
+		d.startLocked(ctx, &op{req: control.Request{Op: control.OpReload, ID: cur}, since: time.Now(), log: control.NewLog(), first: true})
 		d.mu.Unlock()
 	case errors.Is(cerr, release.ErrNoCurrent):
 		log.Info("No current release: waiting for the first deploy")
@@ -236,8 +238,8 @@ loop:
 				d.upgradeOnSignal(ctx, ln)
 			case syscall.SIGHUP:
 				log.Info("SIGHUP: reloading from current")
-				l := d.submit(ctx, Request{Op: opReload})
-				if res, done := l.Result(); done && res.Code != codeOK {
+				l := d.submit(ctx, control.Request{Op: control.OpReload})
+				if res, done := l.Result(); done && res.Code != control.CodeOK {
 					log.Warn("SIGHUP reload not started", "code", res.Code, "err", res.Error)
 				}
 			default:
@@ -256,7 +258,7 @@ loop:
 	d.mu.Lock()
 	d.stopping = true
 	if d.waiting != nil {
-		d.waiting.log.finish(Message{Code: codeInternal, Op: d.waiting.req.Op, Error: "the agent is shutting down"})
+		d.waiting.log.Finish(control.Message{Code: control.CodeInternal, Op: d.waiting.req.Op, Error: "the agent is shutting down"})
 		d.waiting = nil
 	}
 	d.mu.Unlock()
@@ -279,71 +281,71 @@ func (d *daemon) markReady(status string) {
 	notify(d.log, "READY=1\nSTATUS="+status)
 }
 
-func result(o *op, code, format string, a ...any) Message {
-	return Message{Code: code, Op: o.req.Op, ID: o.req.ID, Error: fmt.Sprintf(format, a...)}
+func result(o *op, code, format string, a ...any) control.Message {
+	return control.Message{Code: code, Op: o.req.Op, ID: o.req.ID, Error: fmt.Sprintf(format, a...)}
 }
 
 // submit answers a request: status and history at once, operations by
 // starting or queueing them. The returned log always ends with a result.
-func (d *daemon) submit(ctx context.Context, req Request) *opLog {
+func (d *daemon) submit(ctx context.Context, req control.Request) *control.Log {
 	switch req.Op {
-	case opPing:
-		return finishedLog(Message{Code: codeOK, Op: opPing})
-	case opStatus:
+	case control.OpPing:
+		return control.FinishedLog(control.Message{Code: control.CodeOK, Op: control.OpPing})
+	case control.OpStatus:
 		st := d.status()
-		return finishedLog(Message{Code: codeOK, Op: opStatus, Status: st})
-	case opHistory:
+		return control.FinishedLog(control.Message{Code: control.CodeOK, Op: control.OpStatus, Status: st})
+	case control.OpHistory:
 		h, err := d.store.History()
 		if err != nil {
-			return finishedLog(Message{Code: codeInternal, Op: opHistory, Error: err.Error()})
+			return control.FinishedLog(control.Message{Code: control.CodeInternal, Op: control.OpHistory, Error: err.Error()})
 		}
-		return finishedLog(Message{Code: codeOK, Op: opHistory, History: historyEntries(h)})
-	case opDeploy:
+		return control.FinishedLog(control.Message{Code: control.CodeOK, Op: control.OpHistory, History: historyEntries(h)})
+	case control.OpDeploy:
 		if strings.TrimSpace(req.URL) == "" {
-			return finishedLog(Message{Code: codeUsage, Op: req.Op, Error: "deploy needs a URL"})
+			return control.FinishedLog(control.Message{Code: control.CodeUsage, Op: req.Op, Error: "deploy needs a URL"})
 		}
 		if req.ID == "" {
 			req.ID = release.NewID()
 		} else if err := release.ValidateID(req.ID); err != nil {
-			return finishedLog(Message{Code: codeUsage, Op: req.Op, Error: fmt.Sprintf("--id %q: %v", req.ID, err)})
+			return control.FinishedLog(control.Message{Code: control.CodeUsage, Op: req.Op, Error: fmt.Sprintf("--id %q: %v", req.ID, err)})
 		}
 		if req.To != "" {
-			return finishedLog(Message{Code: codeUsage, Op: req.Op, Error: "deploy takes no target"})
+			return control.FinishedLog(control.Message{Code: control.CodeUsage, Op: req.Op, Error: "deploy takes no target"})
 		}
-	case opRollback:
+	case control.OpRollback:
 		if req.To != "" {
 			if err := release.ValidateID(req.To); err != nil {
-				return finishedLog(Message{Code: codeUsage, Op: req.Op, Error: fmt.Sprintf("--to %q: %v", req.To, err)})
+				return control.FinishedLog(control.Message{Code: control.CodeUsage, Op: req.Op, Error: fmt.Sprintf("--to %q: %v", req.To, err)})
 			}
 		}
 		if req.URL != "" || req.ID != "" {
-			return finishedLog(Message{Code: codeUsage, Op: req.Op, Error: "rollback takes only a target (--to)"})
+			return control.FinishedLog(control.Message{Code: control.CodeUsage, Op: req.Op, Error: "rollback takes only a target (--to)"})
 		}
-	case opReload:
+	case control.OpReload:
 		if req.URL != "" || req.ID != "" || req.To != "" || req.Wait {
-			return finishedLog(Message{Code: codeUsage, Op: req.Op, Error: "reload takes no arguments"})
+			return control.FinishedLog(control.Message{Code: control.CodeUsage, Op: req.Op, Error: "reload takes no arguments"})
 		}
 	default:
-		return finishedLog(Message{Code: codeUsage, Op: req.Op, Error: fmt.Sprintf("unknown op %q", req.Op)})
+		return control.FinishedLog(control.Message{Code: control.CodeUsage, Op: req.Op, Error: fmt.Sprintf("unknown op %q", req.Op)})
 	}
 
-	o := &op{req: req, since: time.Now(), log: newOpLog()}
+	o := &op{req: req, since: time.Now(), log: control.NewLog()}
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	switch {
 	case d.stopping:
-		o.log.finish(result(o, codeInternal, "the agent is shutting down"))
+		o.log.Finish(result(o, control.CodeInternal, "the agent is shutting down"))
 	case d.running == nil:
 		d.startLocked(ctx, o)
 	case !req.Wait:
-		o.log.finish(result(o, codeBusy, "%s is running since %s", d.running.describe(), d.running.since.Format("15:04:05")))
+		o.log.Finish(result(o, control.CodeBusy, "%s is running since %s", d.running.describe(), d.running.since.Format("15:04:05")))
 	default:
 		if d.waiting != nil {
-			d.waiting.log.finish(result(d.waiting, codeSuperseded, "superseded by %s, queued at %s", o.describe(), o.since.Format("15:04:05")))
+			d.waiting.log.Finish(result(d.waiting, control.CodeSuperseded, "superseded by %s, queued at %s", o.describe(), o.since.Format("15:04:05")))
 			d.log.Info("Queued operation superseded", "old", d.waiting.describe(), "new", o.describe())
 		}
 		d.waiting = o
-		o.log.emit(Message{Stage: "queued", Kind: "start", Message: fmt.Sprintf("waiting for %s (running since %s)", d.running.describe(), d.running.since.Format("15:04:05"))})
+		o.log.Emit(control.Message{Stage: "queued", Kind: "start", Message: fmt.Sprintf("waiting for %s (running since %s)", d.running.describe(), d.running.since.Format("15:04:05"))})
 	}
 	return o.log
 }
@@ -358,7 +360,7 @@ func (d *daemon) startLocked(ctx context.Context, o *op) {
 		res := d.execute(ctx, o)
 		// The agent is free again before the client hears the result, so a
 		// client may start its next operation as soon as this one returns.
-		defer o.log.finish(res)
+		defer o.log.Finish(res)
 		d.mu.Lock()
 		defer d.mu.Unlock()
 		d.doneLocked(ctx)
@@ -379,7 +381,7 @@ func (d *daemon) doneLocked(ctx context.Context) {
 	}
 	d.waiting = nil
 	if d.stopping || ctx.Err() != nil {
-		next.log.finish(result(next, codeInternal, "the agent is shutting down"))
+		next.log.Finish(result(next, control.CodeInternal, "the agent is shutting down"))
 		return
 	}
 	d.startLocked(ctx, next)
@@ -387,7 +389,7 @@ func (d *daemon) doneLocked(ctx context.Context) {
 
 // execute runs o with the root locked and returns its result; the caller
 // finishes o's log with it.
-func (d *daemon) execute(ctx context.Context, o *op) Message {
+func (d *daemon) execute(ctx context.Context, o *op) control.Message {
 	start := time.Now()
 	o.started = start
 	log := d.log.With("op", o.req.Op, "id", o.req.ID)
@@ -395,25 +397,25 @@ func (d *daemon) execute(ctx context.Context, o *op) Message {
 	if !o.first {
 		notify(d.log, "RELOADING=1\nSTATUS="+o.describe())
 	}
-	var res Message
+	var res control.Message
 	lockID := o.req.ID
 	if lockID == "" {
 		lockID = o.req.To
 	}
 	lock, err := d.store.Lock(o.req.Op, lockID)
 	if err != nil {
-		code := codeInternal
+		code := control.CodeInternal
 		if errors.Is(err, release.ErrLocked) {
-			code = codeBusy
+			code = control.CodeBusy
 		}
 		res = result(o, code, "%v", err)
 	} else {
 		switch o.req.Op {
-		case opDeploy:
+		case control.OpDeploy:
 			res = d.deploy(ctx, o)
-		case opRollback:
+		case control.OpRollback:
 			res = d.rollback(ctx, o)
-		case opReload:
+		case control.OpReload:
 			res = d.reload(ctx, o)
 		}
 		if err := lock.Release(); err != nil {
@@ -424,7 +426,7 @@ func (d *daemon) execute(ctx context.Context, o *op) Message {
 	res.Current = currentOrEmpty(d.store)
 	res.ListenLost = d.lostResult(o)
 	res.Elapsed = time.Since(start).Seconds()
-	if res.Code == codeOK {
+	if res.Code == control.CodeOK {
 		log.Info("Operation done", "release", res.ID, "elapsed", time.Since(start))
 	} else {
 		log.Warn("Operation failed", "code", res.Code, "err", res.Error, "restored", res.Restored)

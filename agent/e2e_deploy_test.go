@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/handoff/handoff/control"
 	"github.com/handoff/handoff/loadgen"
 
 	"github.com/handoff/handoff/internal/proctest"
@@ -157,7 +158,7 @@ func TestE2E_deployRollbackFailUnderLoad(t *testing.T) {
 
 	// Deploy v2 with the JSON event stream.
 	r = s.mustDo("deploy", "--id", "v2", "--json", v2)
-	var last Message
+	var last control.Message
 	stages := map[string]bool{}
 	for _, line := range strings.Split(strings.TrimSpace(r.stdout), "\n") {
 		if err := json.Unmarshal([]byte(line), &last); err != nil {

@@ -20,6 +20,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/handoff/handoff/control"
 )
 
 // raceEnabled is set by race_test.go; the agent binary is then built with
@@ -284,8 +286,8 @@ func (s *setup) waitUp(p *agentProc) {
 	s.t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		res, err := call(s.sock, Request{Op: opPing}, nil)
-		if err == nil && res.Code == codeOK {
+		res, err := control.Call(s.sock, control.Request{Op: control.OpPing}, nil)
+		if err == nil && res.Code == control.CodeOK {
 			return
 		}
 		select {
@@ -365,10 +367,10 @@ func (s *setup) mustDo(cmd string, args ...string) cliResult {
 	return r
 }
 
-func (s *setup) status() *StatusDoc {
+func (s *setup) status() *control.StatusDoc {
 	s.t.Helper()
 	r := s.mustDo("status", "--json")
-	var st StatusDoc
+	var st control.StatusDoc
 	if err := json.Unmarshal([]byte(r.stdout), &st); err != nil {
 		s.t.Fatalf("status --json: %v\n%s", err, r.stdout)
 	}

@@ -25,6 +25,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/handoff/handoff/control"
 	"github.com/handoff/handoff/loadgen"
 
 	"github.com/handoff/handoff/internal/proctest"
@@ -63,7 +64,7 @@ type deployRun struct {
 	t     *testing.T
 	cmd   *exec.Cmd
 	mu    sync.Mutex
-	msgs  []Message
+	msgs  []control.Message
 	wake  chan struct{}
 	errMu sync.Mutex
 	errb  bytes.Buffer
@@ -88,9 +89,9 @@ func (s *setup) startCLI(cmd string, args ...string) *deployRun {
 		sc := bufio.NewScanner(out)
 		sc.Buffer(make([]byte, 64<<10), 16<<20)
 		for sc.Scan() {
-			var m Message
+			var m control.Message
 			if json.Unmarshal(sc.Bytes(), &m) != nil {
-				m = Message{Type: "garbage", Message: sc.Text()}
+				m = control.Message{Type: "garbage", Message: sc.Text()}
 			}
 			d.mu.Lock()
 			d.msgs = append(d.msgs, m)
@@ -110,7 +111,7 @@ func (s *setup) startCLI(cmd string, args ...string) *deployRun {
 }
 
 // waitEvent waits for a message matching pred and returns it.
-func (d *deployRun) waitEvent(what string, timeout time.Duration, pred func(Message) bool) Message {
+func (d *deployRun) waitEvent(what string, timeout time.Duration, pred func(control.Message) bool) control.Message {
 	d.t.Helper()
 	deadline := time.After(timeout)
 	seen := 0
@@ -141,7 +142,7 @@ func (d *deployRun) waitEvent(what string, timeout time.Duration, pred func(Mess
 
 // result waits for the command to end and returns its last message and
 // exit code.
-func (d *deployRun) result(timeout time.Duration) (Message, int) {
+func (d *deployRun) result(timeout time.Duration) (control.Message, int) {
 	d.t.Helper()
 	select {
 	case <-d.done:
@@ -150,7 +151,7 @@ func (d *deployRun) result(timeout time.Duration) (Message, int) {
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	var last Message
+	var last control.Message
 	if len(d.msgs) > 0 {
 		last = d.msgs[len(d.msgs)-1]
 	}
@@ -223,7 +224,7 @@ func groupMembers(pgid int) []int {
 }
 
 // workerPIDs lists the pids of every worker in status.
-func workerPIDs(st *StatusDoc) []int {
+func workerPIDs(st *control.StatusDoc) []int {
 	var out []int
 	for _, g := range st.Generations {
 		for _, w := range g.Workers {
@@ -318,8 +319,8 @@ func rootSnapshot(t *testing.T, root string) string {
 func (s *setup) waitSocket() {
 	s.t.Helper()
 	proctest.WaitFor(s.t, 30*time.Second, "the agent's control socket", func() bool {
-		res, err := call(s.sock, Request{Op: opPing}, nil)
-		return err == nil && res.Code == codeOK
+		res, err := control.Call(s.sock, control.Request{Op: control.OpPing}, nil)
+		return err == nil && res.Code == control.CodeOK
 	})
 }
 

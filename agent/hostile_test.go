@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/handoff/handoff/control"
 	"github.com/handoff/handoff/internal/proctest"
 )
 
@@ -316,9 +317,9 @@ func TestHostile_controlSocket(t *testing.T) {
 		t.Errorf("status while silent clients wait: %+v", st)
 	}
 	for i, c := range conns {
-		c.SetReadDeadline(time.Now().Add(requestTimeout + 20*time.Second))
+		c.SetReadDeadline(time.Now().Add(control.RequestTimeout + 20*time.Second))
 		b, _ := io.ReadAll(c)
-		if !strings.Contains(string(b), "bad request: no request within "+requestTimeout.String()) {
+		if !strings.Contains(string(b), "bad request: no request within "+control.RequestTimeout.String()) {
 			t.Errorf("silent client %d got %q", i, b)
 		}
 	}

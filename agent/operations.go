@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/handoff/handoff/cluster"
+	"github.com/handoff/handoff/control"
 	"github.com/handoff/handoff/hooks"
 	"github.com/handoff/handoff/release"
 )
@@ -18,7 +19,7 @@ import (
 
 // emit adds a human event to o's stream.
 func (d *daemon) emit(o *op, stage, kind, format string, a ...any) {
-	o.log.emit(Message{Stage: stage, Kind: kind, Message: fmt.Sprintf(format, a...)})
+	o.log.Emit(control.Message{Stage: stage, Kind: kind, Message: fmt.Sprintf(format, a...)})
 }
 
 // hookEnv is the DEPLOY_* environment of a hook.
@@ -48,7 +49,7 @@ func (d *daemon) runHooks(ctx context.Context, o *op, stage string, cmds [][]str
 	d.emit(o, stage, "start", "running hooks in releases/%s", id)
 	err := d.hooks.Run(ctx, hooks.Run{
 		Stage: stage, Dir: d.store.Dir(id), Commands: cmds, Env: d.hookEnv(o, id, prev, errText),
-		Output: func(line string) { o.log.emit(Message{Stage: stage, Kind: "output", Message: line}) },
+		Output: func(line string) { o.log.Emit(control.Message{Stage: stage, Kind: "output", Message: line}) },
 	})
 	if err == nil {
 		d.emit(o, stage, "done", "hooks done")
@@ -80,7 +81,7 @@ func (d *daemon) reloadOnce(ctx context.Context, o *op, id string) (*cluster.Rel
 		mu.Lock()
 		defer mu.Unlock()
 		w := ev.Worker
-		m := Message{Time: ev.Time, Stage: "reload", Kind: "worker", Worker: &w, PID: ev.PID}
+		m := control.Message{Time: ev.Time, Stage: "reload", Kind: "worker", Worker: &w, PID: ev.PID}
 		switch ev.Kind {
 		case "worker-started":
 			m.Message = fmt.Sprintf("generation %d: worker %d started (pid %d)", ev.Generation, ev.Worker, ev.PID)
@@ -97,7 +98,7 @@ func (d *daemon) reloadOnce(ctx context.Context, o *op, id string) (*cluster.Rel
 				m.Message += ": " + ev.Message
 			}
 		}
-		o.log.emit(m)
+		o.log.Emit(m)
 	})
 	if err == nil {
 		d.emit(o, "reload", "done", "generation %d serving releases/%s: ready after %s, old generation retired after %s",
@@ -116,14 +117,14 @@ func reloadErr(err error) error {
 	return fmt.Errorf("new workers did not take over: generation %d (release %s): %w after %s", re.Generation, re.ReleaseID, re.Cause, fmtDur(re.After))
 }
 
-func failuresOf(err error) []WorkerVerdict {
+func failuresOf(err error) []control.WorkerVerdict {
 	var re *cluster.ReloadError
 	if !errors.As(err, &re) {
 		return nil
 	}
-	out := make([]WorkerVerdict, 0, len(re.Workers))
+	out := make([]control.WorkerVerdict, 0, len(re.Workers))
 	for _, w := range re.Workers {
-		out = append(out, WorkerVerdict{Worker: w.Worker, PID: w.PID, ExitStatus: w.ExitStatus, Verdict: w.Verdict, LastLines: w.LastLines})
+		out = append(out, control.WorkerVerdict{Worker: w.Worker, PID: w.PID, ExitStatus: w.ExitStatus, Verdict: w.Verdict, LastLines: w.LastLines})
 	}
 	return out
 }
@@ -205,33 +206,33 @@ func (d *daemon) onFailure(ctx context.Context, o *op, id, prev, errText string)
 	}
 }
 
-func (d *daemon) deploy(ctx context.Context, o *op) Message {
+func (d *daemon) deploy(ctx context.Context, o *op) control.Message {
 	id := o.req.ID
 	url := release.RedactURL(o.req.URL)
 	prev := currentOrEmpty(d.store)
-	ev := release.Event{Op: opDeploy, ID: id, From: prev, URL: url}
-	fail := func(code, result string, err error, restored string, failures []WorkerVerdict) Message {
+	ev := release.Event{Op: control.OpDeploy, ID: id, From: prev, URL: url}
+	fail := func(code, result string, err error, restored string, failures []control.WorkerVerdict) control.Message {
 		ev.Result, ev.Error = result, err.Error()
 		d.record(o, ev)
-		return Message{Code: code, ID: id, From: prev, Error: err.Error(), Restored: restored, Failures: failures}
+		return control.Message{Code: code, ID: id, From: prev, Error: err.Error(), Restored: restored, Failures: failures}
 	}
 
 	existing, err := d.store.Releases()
 	if err != nil {
-		return fail(codeInternal, "failed", err, "", nil)
+		return fail(control.CodeInternal, "failed", err, "", nil)
 	}
 	existed := contains(existing, id)
 	if existed && id != prev {
 		prepared, err := d.prepared(id)
 		if err != nil {
-			return fail(codeInternal, "failed", err, "", nil)
+			return fail(control.CodeInternal, "failed", err, "", nil)
 		}
 		if !prepared {
 			// Left by a deploy that never reached the swap (the agent was
 			// killed): its link step or pre-activate hooks may not have
 			// finished. Start over from a fresh fetch.
 			if err := d.store.Remove(id); err != nil {
-				return fail(codeInternal, "failed", err, "", nil)
+				return fail(control.CodeInternal, "failed", err, "", nil)
 			}
 			d.emit(o, "cleanup", "done", "removed releases/%s, left by an interrupted deploy", id)
 			existed = false
@@ -243,23 +244,23 @@ func (d *daemon) deploy(ctx context.Context, o *op) Message {
 	fetched, err := d.store.Fetch(ctx, release.FetchRequest{URL: o.req.URL, ID: id, Force: existed, Progress: func(done, total int64) {
 		if now := time.Now(); now.Sub(last) >= 100*time.Millisecond || (total > 0 && done == total) {
 			last = now
-			o.log.emit(Message{Stage: "fetch", Kind: "progress", Done: done, Total: total})
+			o.log.Emit(control.Message{Stage: "fetch", Kind: "progress", Done: done, Total: total})
 		}
 	}})
 	if err != nil {
-		code := codeFailed
+		code := control.CodeFailed
 		switch {
 		case errors.Is(err, release.ErrInvalidID):
-			code = codeUsage
+			code = control.CodeUsage
 		case errors.Is(err, release.ErrExists):
-			code = codeUsage
+			code = control.CodeUsage
 		}
 		return fail(code, "refused", err, "", nil)
 	}
 	id = fetched
 	if existed && id == prev {
 		d.emit(o, "fetch", "done", "releases/%s is already current with identical content: nothing to do", id)
-		return Message{Code: codeOK, ID: id, From: prev}
+		return control.Message{Code: control.CodeOK, ID: id, From: prev}
 	}
 	d.emit(o, "fetch", "done", "releases/%s ready (%s)", id, time.Since(o.since).Round(time.Millisecond))
 
@@ -267,14 +268,14 @@ func (d *daemon) deploy(ctx context.Context, o *op) Message {
 		if len(d.cfg.Linked) > 0 {
 			if err := d.store.Link(id, d.cfg.Linked); err != nil {
 				d.removeRelease(o, id)
-				return fail(codeFailed, "refused", err, "", nil)
+				return fail(control.CodeFailed, "refused", err, "", nil)
 			}
 			d.emit(o, "link", "done", "linked %s from shared/", strings.Join(d.cfg.Linked, ", "))
 		}
 		if err := d.runHooks(ctx, o, "pre-activate", d.cfg.Hooks.PreActivate, id, prev, ""); err != nil {
 			d.onFailure(ctx, o, id, prev, err.Error()) // in the release dir, before it goes
 			d.removeRelease(o, id)
-			return fail(codeFailed, "refused", err, "", nil)
+			return fail(control.CodeFailed, "refused", err, "", nil)
 		}
 	}
 
@@ -292,7 +293,7 @@ func (d *daemon) deploy(ctx context.Context, o *op) Message {
 	}
 	if !first {
 		if err := activate(); err != nil {
-			return fail(codeFailed, "failed", err, "", nil)
+			return fail(control.CodeFailed, "failed", err, "", nil)
 		}
 	}
 	if _, err := d.reloadTo(ctx, o, id); err != nil {
@@ -301,13 +302,13 @@ func (d *daemon) deploy(ctx context.Context, o *op) Message {
 			restored = d.restore(o, prev)
 		}
 		d.onFailure(ctx, o, id, prev, err.Error())
-		return fail(codeFailed, "failed", reloadErr(err), restored, failuresOf(err))
+		return fail(control.CodeFailed, "failed", reloadErr(err), restored, failuresOf(err))
 	}
 	if first {
 		if err := activate(); err != nil {
 			// The workers serve, but a restarted agent would not know
 			// which release: report it, the operator redeploys.
-			return fail(codeFailed, "failed", err, "", nil)
+			return fail(control.CodeFailed, "failed", err, "", nil)
 		}
 	}
 
@@ -329,7 +330,7 @@ func (d *daemon) deploy(ctx context.Context, o *op) Message {
 				restored = prev
 			}
 			d.onFailure(ctx, o, id, prev, err.Error())
-			res := fail(codeFailed, "rolled-back", err, restored, nil)
+			res := fail(control.CodeFailed, "rolled-back", err, restored, nil)
 			if restored == "" {
 				res.Restored = ""
 			}
@@ -340,7 +341,7 @@ func (d *daemon) deploy(ctx context.Context, o *op) Message {
 	ev.Result = "ok"
 	d.record(o, ev)
 	d.prune(o)
-	return Message{Code: codeOK, ID: id, From: prev}
+	return control.Message{Code: control.CodeOK, ID: id, From: prev}
 }
 
 // prepared reports whether release id went through its link step and
@@ -370,33 +371,33 @@ func (d *daemon) removeRelease(o *op, id string) {
 	d.emit(o, "cleanup", "done", "removed releases/%s; nothing changed", id)
 }
 
-func (d *daemon) rollback(ctx context.Context, o *op) Message {
+func (d *daemon) rollback(ctx context.Context, o *op) control.Message {
 	prev := currentOrEmpty(d.store)
 	target := o.req.To
 	if target == "" {
 		t, err := d.store.RollbackTarget()
 		if err != nil {
-			code := codeInternal
+			code := control.CodeInternal
 			if errors.Is(err, release.ErrNoRollbackTarget) {
-				code = codeNotFound
+				code = control.CodeNotFound
 			}
-			return Message{Code: code, From: prev, Error: err.Error()}
+			return control.Message{Code: code, From: prev, Error: err.Error()}
 		}
 		target = t
 	}
 	o.req.ID = target
-	ev := release.Event{Op: opRollback, ID: target, From: prev}
+	ev := release.Event{Op: control.OpRollback, ID: target, From: prev}
 	rels, err := d.store.Releases()
 	if err != nil {
-		return Message{Code: codeInternal, ID: target, From: prev, Error: err.Error()}
+		return control.Message{Code: control.CodeInternal, ID: target, From: prev, Error: err.Error()}
 	}
 	if !contains(rels, target) {
-		return Message{Code: codeNotFound, ID: target, From: prev, Error: fmt.Sprintf("release %s is not on disk (have: %s)", target, strings.Join(rels, ", "))}
+		return control.Message{Code: control.CodeNotFound, ID: target, From: prev, Error: fmt.Sprintf("release %s is not on disk (have: %s)", target, strings.Join(rels, ", "))}
 	}
 	if err := d.store.Activate(target); err != nil {
 		ev.Result, ev.Error = "failed", err.Error()
 		d.record(o, ev)
-		return Message{Code: codeFailed, ID: target, From: prev, Error: err.Error()}
+		return control.Message{Code: control.CodeFailed, ID: target, From: prev, Error: err.Error()}
 	}
 	d.emit(o, "activate", "done", "current -> releases/%s (was %s)", target, orDash(prev))
 	if _, err := d.reloadTo(ctx, o, target); err != nil {
@@ -404,27 +405,27 @@ func (d *daemon) rollback(ctx context.Context, o *op) Message {
 		d.onFailure(ctx, o, target, prev, err.Error())
 		ev.Result, ev.Error = "failed", err.Error()
 		d.record(o, ev)
-		return Message{Code: codeFailed, ID: target, From: prev, Error: reloadErr(err).Error(), Restored: restored, Failures: failuresOf(err)}
+		return control.Message{Code: control.CodeFailed, ID: target, From: prev, Error: reloadErr(err).Error(), Restored: restored, Failures: failuresOf(err)}
 	}
 	if err := d.runHooks(ctx, o, "post-rollback", d.cfg.Hooks.PostRollback, target, prev, ""); err != nil {
 		d.emit(o, "post-rollback", "warn", "%v", err)
 	}
 	ev.Result = "ok"
 	d.record(o, ev)
-	return Message{Code: codeOK, ID: target, From: prev}
+	return control.Message{Code: control.CodeOK, ID: target, From: prev}
 }
 
-func (d *daemon) reload(ctx context.Context, o *op) Message {
+func (d *daemon) reload(ctx context.Context, o *op) control.Message {
 	cur, err := d.store.Current()
 	if err != nil {
-		code := codeInternal
+		code := control.CodeInternal
 		if errors.Is(err, release.ErrNoCurrent) {
-			code = codeNotFound
+			code = control.CodeNotFound
 		}
-		return Message{Code: code, Error: err.Error()}
+		return control.Message{Code: code, Error: err.Error()}
 	}
 	o.req.ID = cur
-	ev := release.Event{Op: opReload, ID: cur, From: cur}
+	ev := release.Event{Op: control.OpReload, ID: cur, From: cur}
 	if _, err := d.reloadTo(ctx, o, cur); err != nil {
 		if o.first && ctx.Err() == nil {
 			if res, ok := d.recoverInterrupted(ctx, o, cur, err); ok {
@@ -434,14 +435,14 @@ func (d *daemon) reload(ctx context.Context, o *op) Message {
 		ev.Result, ev.Error = "failed", err.Error()
 		d.record(o, ev)
 		// The previous generation (if any) keeps serving.
-		return Message{Code: codeFailed, ID: cur, Error: reloadErr(err).Error(), Failures: failuresOf(err)}
+		return control.Message{Code: control.CodeFailed, ID: cur, Error: reloadErr(err).Error(), Failures: failuresOf(err)}
 	}
 	if o.first {
 		d.recordRecovered(cur)
 	}
 	ev.Result = "ok"
 	d.record(o, ev)
-	return Message{Code: codeOK, ID: cur, From: cur}
+	return control.Message{Code: control.CodeOK, ID: cur, From: cur}
 }
 
 // recordRecovered records the deploy of cur as done when cur has never
@@ -460,7 +461,7 @@ func (d *daemon) recordRecovered(cur string) {
 		}
 	}
 	d.log.Warn("Completed a deploy the agent's death interrupted after the swap; its post-deploy hooks did not run", "release", cur)
-	ev := release.Event{Time: time.Now(), Op: opDeploy, ID: cur, Result: "ok",
+	ev := release.Event{Time: time.Now(), Op: control.OpDeploy, ID: cur, Result: "ok",
 		Error: "completed at the agent's restart after an interruption; post-deploy hooks did not run"}
 	if err := d.store.Record(ev); err != nil {
 		d.log.Error("Cannot record history", "err", err)
@@ -473,35 +474,35 @@ func (d *daemon) recordRecovered(cur string) {
 // back to the rollback target, as the deploy would have; ok is false (and
 // current unchanged) when there is no proven release to go back to, or it
 // does not come up either.
-func (d *daemon) recoverInterrupted(ctx context.Context, o *op, cur string, cause error) (Message, bool) {
+func (d *daemon) recoverInterrupted(ctx context.Context, o *op, cur string, cause error) (control.Message, bool) {
 	h, err := d.store.History()
 	if err != nil {
-		return Message{}, false
+		return control.Message{}, false
 	}
 	for _, ev := range h {
 		if ev.ID == cur && ev.Result == "ok" {
-			return Message{}, false // it served before: a plain failed reload
+			return control.Message{}, false // it served before: a plain failed reload
 		}
 	}
 	target, err := d.store.RollbackTarget()
 	if err != nil || target == cur {
-		return Message{}, false
+		return control.Message{}, false
 	}
 	d.log.Warn("Current release never served and does not come up: its deploy was interrupted; going back", "current", cur, "to", target, "err", cause)
 	now := time.Now()
-	d.store.Record(release.Event{Time: now, Op: opDeploy, ID: cur, Result: "failed",
+	d.store.Record(release.Event{Time: now, Op: control.OpDeploy, ID: cur, Result: "failed",
 		Error: "interrupted: the agent stopped before its workers were ready, and they did not get ready after the restart: " + cause.Error()})
 	if err := d.store.Activate(target); err != nil {
 		d.log.Error("Cannot point current back", "release", target, "err", err)
-		return Message{}, false
+		return control.Message{}, false
 	}
 	if _, err := d.reloadTo(ctx, o, target); err != nil {
 		d.log.Error("The rollback target does not come up either", "release", target, "err", err)
 		if err := d.store.Activate(cur); err != nil {
 			d.log.Error("Cannot point current back", "release", cur, "err", err)
 		}
-		return Message{}, false
+		return control.Message{}, false
 	}
-	d.store.Record(release.Event{Time: now, Op: opRollback, ID: target, From: cur, Result: "ok", Duration: time.Since(now)})
-	return Message{Code: codeOK, ID: target, From: cur}, true
+	d.store.Record(release.Event{Time: now, Op: control.OpRollback, ID: target, From: cur, Result: "ok", Duration: time.Since(now)})
+	return control.Message{Code: control.CodeOK, ID: target, From: cur}, true
 }
