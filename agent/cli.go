@@ -299,7 +299,7 @@ type renderer struct {
 	tty bool
 
 	mu         sync.Mutex
-	stage      string
+	stage      control.Stage
 	stageStart time.Time
 	transient  string
 	shown      bool
@@ -363,7 +363,7 @@ func (r *renderer) event(m control.Message) {
 		r.transient = ""
 	}
 	switch m.Kind {
-	case "progress":
+	case control.KindProgress:
 		if !r.tty {
 			return
 		}
@@ -375,13 +375,13 @@ func (r *renderer) event(m control.Message) {
 		} else {
 			r.transient = fmtBytes(m.Done)
 		}
-	case "worker":
+	case control.KindWorker:
 		if r.tty {
 			r.transient = m.Message
 		}
-	case "output":
+	case control.KindOutput:
 		r.println("    | %s", m.Message)
-	case "warn":
+	case control.KindWarn:
 		r.println("%-12s warning: %s", m.Stage, m.Message)
 	default:
 		r.println("%-12s %s", m.Stage, m.Message)

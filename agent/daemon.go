@@ -109,7 +109,13 @@ func (o *op) running() *control.RunningOp {
 	return &control.RunningOp{Op: o.req.Op, ID: id, URL: release.RedactURL(o.req.URL), Since: o.since}
 }
 
-func notify(log *slog.Logger, state string) {
+// sdStatus is sd_notify's free-form status line, which go-systemd has no
+// constant for.
+const sdStatus = "STATUS="
+
+// notify sends states to systemd (a no-op outside a Type=notify unit).
+func notify(log *slog.Logger, states ...string) {
+	state := strings.Join(states, "\n")
 	if _, err := sddaemon.SdNotify(false, state); err != nil {
 		log.Warn("sd_notify", "state", state, "err", err)
 	}
@@ -254,7 +260,7 @@ loop:
 		}
 	}
 
-	notify(log, "STOPPING=1")
+	notify(log, sddaemon.SdNotifyStopping)
 	d.mu.Lock()
 	d.stopping = true
 	if d.waiting != nil {
@@ -278,7 +284,7 @@ loop:
 }
 
 func (d *daemon) markReady(status string) {
-	notify(d.log, "READY=1\nSTATUS="+status)
+	notify(d.log, sddaemon.SdNotifyReady, sdStatus+status)
 }
 
 func result(o *op, code, format string, a ...any) control.Message {
@@ -345,7 +351,7 @@ func (d *daemon) submit(ctx context.Context, req control.Request) *control.Log {
 			d.log.Info("Queued operation superseded", "old", d.waiting.describe(), "new", o.describe())
 		}
 		d.waiting = o
-		o.log.Emit(control.Message{Stage: "queued", Kind: "start", Message: fmt.Sprintf("waiting for %s (running since %s)", d.running.describe(), d.running.since.Format("15:04:05"))})
+		o.log.Emit(control.Message{Stage: control.StageQueued, Kind: control.KindStart, Message: fmt.Sprintf("waiting for %s (running since %s)", d.running.describe(), d.running.since.Format("15:04:05"))})
 	}
 	return o.log
 }
@@ -395,7 +401,7 @@ func (d *daemon) execute(ctx context.Context, o *op) control.Message {
 	log := d.log.With("op", o.req.Op, "id", o.req.ID)
 	log.Info("Operation start", "what", o.describe())
 	if !o.first {
-		notify(d.log, "RELOADING=1\nSTATUS="+o.describe())
+		notify(d.log, sddaemon.SdNotifyReloading, sdStatus+o.describe())
 	}
 	var res control.Message
 	lockID := o.req.ID

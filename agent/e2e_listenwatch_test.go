@@ -131,7 +131,7 @@ func listenEvents(msgs []control.Message) []string {
 	var out []string
 	for _, m := range msgs {
 		if m.Stage == "listen" {
-			out = append(out, m.Kind+": "+m.Message)
+			out = append(out, string(m.Kind)+": "+m.Message)
 		}
 	}
 	return out

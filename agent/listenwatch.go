@@ -99,7 +99,7 @@ func (d *daemon) socketLost(l cluster.SocketLost) {
 	d.lost.last = doc
 	if o := d.running; o != nil {
 		o.lost = append(o.lost, doc)
-		d.emit(o, "listen", "warn", "%s", describeLost(doc))
+		d.emit(o, control.StageListen, control.KindWarn, "%s", describeLost(doc))
 	}
 	if !l.NeedsReload() {
 		return
@@ -142,7 +142,7 @@ func (d *daemon) afterReload(ctx context.Context, o *op, id string, res *cluster
 		if !d.master.Stale() {
 			break
 		}
-		d.emit(o, "listen", "start", "generation %d holds a listening socket that was replaced: starting a generation on the new one", res.Generation)
+		d.emit(o, control.StageListen, control.KindStart, "generation %d holds a listening socket that was replaced: starting a generation on the new one", res.Generation)
 		var err error
 		start = time.Now()
 		if res, err = d.reloadOnce(ctx, o, id); err != nil {
@@ -161,7 +161,7 @@ func (d *daemon) afterReload(ctx context.Context, o *op, id string, res *cluster
 		d.mu.Lock()
 		lo.doc.DownS, lo.doc.ServedBy = servedAt.Sub(lo.lastSeen).Seconds(), res.Generation
 		d.mu.Unlock()
-		d.emit(o, "listen", "done", "listening socket %s (%s) served again by generation %d: down for at most %s (refused for at most %s)",
+		d.emit(o, control.StageListen, control.KindDone, "listening socket %s (%s) served again by generation %d: down for at most %s (refused for at most %s)",
 			lo.doc.Socket, lo.doc.Address, res.Generation, fmtDur(servedAt.Sub(lo.lastSeen)), fmtDur(time.Duration(lo.doc.RefusedS*float64(time.Second))))
 		if lo.op != nil && lo.op != o {
 			continue

@@ -35,7 +35,7 @@ func (d *daemon) statusLine() string {
 func historyEntries(h []release.Event) []control.HistoryEntry {
 	out := make([]control.HistoryEntry, 0, len(h))
 	for _, e := range h {
-		out = append(out, control.HistoryEntry{Time: e.Time, Op: e.Op, ID: e.ID, From: e.From, URL: e.URL, Result: e.Result, Error: e.Error, DurationNS: int64(e.Duration)})
+		out = append(out, control.HistoryEntry{Time: e.Time, Op: e.Op, ID: e.ID, From: e.From, URL: e.URL, Result: string(e.Result), Error: e.Error, DurationNS: int64(e.Duration)})
 	}
 	return out
 }

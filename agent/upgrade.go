@@ -28,6 +28,7 @@ import (
 	"syscall"
 	"time"
 
+	sddaemon "github.com/coreos/go-systemd/v22/daemon"
 	"github.com/handoff/handoff/cluster"
 	"github.com/handoff/handoff/control"
 )
@@ -223,7 +224,7 @@ func (d *daemon) upgrade(ctx context.Context, ln *net.UnixListener) error {
 	st := d.up.state
 	st.From = agentVersion()
 	state, _ := json.Marshal(st)
-	notify(d.log, "RELOADING=1\nSTATUS=upgrading the agent in place")
+	notify(d.log, sddaemon.SdNotifyReloading, sdStatus+"upgrading the agent in place")
 	err = d.master.Upgrade(ctx, st.Binary, os.Args, map[string]*os.File{controlFile: f}, state)
 	d.markReady(d.statusLine())
 	return err

@@ -22,13 +22,27 @@ type GenerationSpec struct {
 	Root      string // DEPLOY_ROOT
 }
 
-// ReloadEvent reports progress of a Reload. Kind is one of "worker-started",
-// "worker-ready", "worker-exited", "quorum", "probation", "retiring",
-// "rescue" (what connection rescue did while a generation stopped),
-// "retired", "failed".
+// ReloadEventKind says what a ReloadEvent reports.
+type ReloadEventKind string
+
+// Reload event kinds. Worker events set Worker and PID.
+const (
+	EventWorkerStarted ReloadEventKind = "worker-started" // Message "restart" when a crashed worker was replaced
+	EventWorkerReady   ReloadEventKind = "worker-ready"   // Message: how readiness was seen
+	EventWorkerExited  ReloadEventKind = "worker-exited"  // Message: the exit status
+	EventQuorum        ReloadEventKind = "quorum"         // enough new workers are ready
+	EventProbation     ReloadEventKind = "probation"      // the probation window starts; Message: its length
+	EventRetiring      ReloadEventKind = "retiring"       // the old generation is told to stop
+	EventDraining      ReloadEventKind = "draining"       // the old generation drains in the background
+	EventRescue        ReloadEventKind = "rescue"         // what connection rescue did while a generation stopped
+	EventRetired       ReloadEventKind = "retired"        // the old generation is gone
+	EventFailed        ReloadEventKind = "failed"         // the new generation failed; Message: why
+)
+
+// ReloadEvent reports progress of a Reload.
 type ReloadEvent struct {
 	Time       time.Time
-	Kind       string
+	Kind       ReloadEventKind
 	Generation int
 	Worker     int
 	PID        int
@@ -229,7 +243,7 @@ func (m *Master) Reload(ctx context.Context, spec GenerationSpec, events func(Re
 		}
 		p, err := m.spawn(s, func(p *proc, err error) { s.proc, s.startErr = p, err })
 		if err == nil {
-			m.emit(ReloadEvent{Kind: "worker-started", Generation: g.id, Worker: s.id, PID: p.pid})
+			m.emit(ReloadEvent{Kind: EventWorkerStarted, Generation: g.id, Worker: s.id, PID: p.pid})
 		}
 		g.wg.Add(1)
 		go s.run(p, err)
@@ -238,7 +252,7 @@ func (m *Master) Reload(ctx context.Context, spec GenerationSpec, events func(Re
 	cause := m.awaitQuorum(ctx, g)
 	readyAfter := time.Since(start)
 	if cause == nil {
-		m.emit(ReloadEvent{Kind: "quorum", Generation: g.id, Message: fmt.Sprintf("%d of %d ready after %s", m.cfg.Readiness.Quorum, m.cfg.Workers, readyAfter.Round(time.Millisecond))})
+		m.emit(ReloadEvent{Kind: EventQuorum, Generation: g.id, Message: fmt.Sprintf("%d of %d ready after %s", m.cfg.Readiness.Quorum, m.cfg.Workers, readyAfter.Round(time.Millisecond))})
 		cause = m.probation(ctx, g)
 	}
 	if cause != nil {
@@ -261,14 +275,14 @@ func (m *Master) Reload(ctx context.Context, spec GenerationSpec, events func(Re
 
 	res := &ReloadResult{Generation: g.id, ReadyAfter: readyAfter}
 	if old != nil {
-		m.emit(ReloadEvent{Kind: "retiring", Generation: old.id})
+		m.emit(ReloadEvent{Kind: EventRetiring, Generation: old.id})
 		var retired bool
 		res.Rescued, retired = m.retire(old)
 		res.Draining = !retired
 		if res.Draining {
-			m.emit(ReloadEvent{Kind: "draining", Generation: old.id, Message: "a listening socket was replaced: the rest of the drain goes on in the background"})
+			m.emit(ReloadEvent{Kind: EventDraining, Generation: old.id, Message: "a listening socket was replaced: the rest of the drain goes on in the background"})
 		} else {
-			m.emit(ReloadEvent{Kind: "retired", Generation: old.id})
+			m.emit(ReloadEvent{Kind: EventRetired, Generation: old.id})
 		}
 	}
 	res.RetiredAfter = time.Since(start)
@@ -331,7 +345,7 @@ func (m *Master) stopRescuing(g *generation, deadline time.Time, stop func(signa
 	if st.Held > 0 || st.Error != "" {
 		m.log.Info("Connections rescued", "gen", g.id, "held", st.Held, "forwarded", st.Forwarded, "requests", st.Requests,
 			"replayed", st.Replayed, "idle", st.Idle, "gone", st.Gone, "abandoned", st.Abandoned, "refused", st.Refused, "failed", st.Failed)
-		m.emit(ReloadEvent{Kind: "rescue", Generation: g.id, Message: st.String()})
+		m.emit(ReloadEvent{Kind: EventRescue, Generation: g.id, Message: st.String()})
 	}
 	return st
 }
@@ -431,7 +445,7 @@ func (m *Master) probation(ctx context.Context, g *generation) error {
 	m.mu.Lock()
 	g.state = GenProbation
 	m.mu.Unlock()
-	m.emit(ReloadEvent{Kind: "probation", Generation: g.id, Message: d.String()})
+	m.emit(ReloadEvent{Kind: EventProbation, Generation: g.id, Message: d.String()})
 	_, exited0 := m.counts(g)
 	timer := time.NewTimer(d)
 	defer timer.Stop()
@@ -510,7 +524,7 @@ func (m *Master) fail(g *generation, cause error, start time.Time) error {
 	m.removeGen(g)
 	err := &ReloadError{Generation: g.id, ReleaseID: g.spec.ReleaseID, Cause: cause, After: time.Since(start), Workers: failures}
 	m.log.Warn("Reload failed", "gen", g.id, "err", err)
-	m.emit(ReloadEvent{Kind: "failed", Generation: g.id, Message: err.Error()})
+	m.emit(ReloadEvent{Kind: EventFailed, Generation: g.id, Message: err.Error()})
 	return err
 }
 

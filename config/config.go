@@ -25,6 +25,12 @@ const (
 	AdapterNode = "node" // every Node worker loads the agent's preload
 )
 
+// What a failed post-deploy hook does ([hooks] post_deploy_failure).
+const (
+	PostDeployRollback = "rollback" // back to the previous release through a reload
+	PostDeployWarn     = "warn"     // keep the new release, warn
+)
+
 // Config is a validated deploy.toml.
 type Config struct {
 	Path         string // the file it was read from
@@ -252,7 +258,7 @@ func defaultRaw() rawConfig {
 	r.Fetch.MaxFiles = 200000
 	r.Fetch.Timeout = tDuration(10 * time.Minute)
 	r.Hooks.Timeout = tDuration(5 * time.Minute)
-	r.Hooks.PostDeployFailure = tEnum{allowed: []string{"rollback", "warn"}, V: "rollback"}
+	r.Hooks.PostDeployFailure = tEnum{allowed: []string{PostDeployRollback, PostDeployWarn}, V: PostDeployRollback}
 	return r
 }
 

@@ -7,6 +7,8 @@
 //
 // Contract:
 //
+//   - Events name a Stage and a Kind from events.go (Events lists the
+//     pairs); they are the public `agent … --json` output, pinned by a test.
 //   - One JSON Request per connection, at most MaxRequestBytes, within
 //     RequestTimeout; unknown fields are refused. The server answers with
 //     JSON lines: zero or more events (Message.Type TypeEvent) and exactly

@@ -72,8 +72,8 @@ type Message struct {
 	Time time.Time `json:"time"`
 
 	// Events.
-	Stage   string `json:"stage,omitempty"`   // queued, lock, fetch, link, pre-activate, activate, reload, post-deploy, post-rollback, on-failure, restore, record, prune, ...
-	Kind    string `json:"kind,omitempty"`    // start, progress, output, worker, done, warn
+	Stage   Stage  `json:"stage,omitempty"`   // events.go
+	Kind    Kind   `json:"kind,omitempty"`    // events.go
 	Message string `json:"message,omitempty"` // human line
 	Done    int64  `json:"done,omitempty"`    // fetch progress bytes
 	Total   int64  `json:"total,omitempty"`   // -1 when unknown

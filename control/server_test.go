@@ -50,7 +50,7 @@ func TestServer_streamsEventsThenResult(t *testing.T) {
 		return l
 	})
 	var events []string
-	res, err := Call(path, Request{Op: OpDeploy, URL: "u", ID: "42"}, func(m Message) { events = append(events, m.Stage+":"+m.Message) })
+	res, err := Call(path, Request{Op: OpDeploy, URL: "u", ID: "42"}, func(m Message) { events = append(events, string(m.Stage)+":"+m.Message) })
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -207,7 +207,7 @@ func TestOpLog_followAfterFinish(t *testing.T) {
 	l.Emit(Message{Stage: "late"})
 	l.Finish(Message{Code: CodeOK})
 	var got []string
-	if err := l.Follow(nil, func(m Message) error { got = append(got, m.Type+":"+m.Stage+m.Code); return nil }); err != nil {
+	if err := l.Follow(nil, func(m Message) error { got = append(got, m.Type+":"+string(m.Stage)+m.Code); return nil }); err != nil {
 		t.Fatal(err)
 	}
 	if strings.Join(got, ",") != "event:a,result:busy" {
