@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"os/signal"
 	"strings"
@@ -121,121 +122,168 @@ func notify(log *slog.Logger, states ...string) {
 	}
 }
 
-// runDaemon is `agent run`; it returns the exit code.
+// runDaemon is `agent run`: config → open → serve → shut down. It returns
+// the exit code.
 func runDaemon(cfg *config.Config, log *slog.Logger) int {
 	d := &daemon{cfg: cfg, log: log, start: time.Now(), hooks: &hooks.Runner{Timeout: cfg.Hooks.Timeout, Logger: log}}
 	log.Info("Starting", "version", agentVersion(), "config", cfg.Path, "root", cfg.Root, "pid", os.Getpid())
+	if code := d.openRoot(); code != exitOK {
+		return code
+	}
+	if code := d.openListeners(); code != exitOK {
+		return code
+	}
+	defer d.socks.Close()
+	if code := d.startMaster(); code != exitOK {
+		return code
+	}
+	ln, err := d.listenControl(cfg.Control.Socket, controlGID(cfg.Control))
+	if err != nil {
+		log.Error("Cannot serve the control socket", "err", err)
+		d.master.Shutdown(context.Background())
+		return exitFailed
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	srv, serveDone := d.serveControl(ctx, ln)
+	// The signals stay caught until the end: one arriving during the
+	// shutdown must not kill the agent before its workers drained.
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGTERM, syscall.SIGINT, syscall.SIGUSR2)
+	defer signal.Stop(sigs)
+	replayEarlySignals(sigs)
+	d.startFirst(ctx)
+	code, serveEnded := d.serve(ctx, ln, sigs, serveDone)
+	d.shutdown(cancel, srv, serveDone, serveEnded)
+	return code
+}
 
-	store, err := release.Open(cfg.Root, release.Options{
-		Allow: cfg.Fetch.Allow, AllowHosts: cfg.Fetch.AllowHosts, RequireChecksum: cfg.Fetch.RequireChecksum, MaxBytes: cfg.Fetch.MaxBytes,
-		MaxFiles: cfg.Fetch.MaxFiles, Timeout: cfg.Fetch.Timeout, Logger: log,
+// openRoot opens the release root.
+func (d *daemon) openRoot() int {
+	f := d.cfg.Fetch
+	store, err := release.Open(d.cfg.Root, release.Options{
+		Allow: f.Allow, AllowHosts: f.AllowHosts, RequireChecksum: f.RequireChecksum, MaxBytes: f.MaxBytes,
+		MaxFiles: f.MaxFiles, Timeout: f.Timeout, Logger: d.log,
 	})
 	if err != nil {
-		log.Error("Cannot open the release root", "err", err)
+		d.log.Error("Cannot open the release root", "err", err)
 		return exitFailed
 	}
 	d.store = store
+	return exitOK
+}
 
+// openListeners opens (or adopts) the listening sockets. An address the
+// agent cannot bind, or a set of sockets that does not fit this start, is
+// the operator's to fix: exit 2 naming the config.
+func (d *daemon) openListeners() int {
+	cfg := d.cfg
 	specs := make([]cluster.ListenSpec, len(cfg.Listen))
 	for i, l := range cfg.Listen {
 		specs[i] = cluster.ListenSpec{Name: l.Name, Address: l.Address, KeepNagle: !l.NoDelay, NoRescue: !l.Rescue}
 	}
 	socks, err := d.openSockets(specs)
-	if err != nil {
-		// An address in use or not bindable is a config error: name its line.
-		var se *cluster.SocketError
-		if errors.As(err, &se) && (errors.Is(err, syscall.EADDRINUSE) || errors.Is(err, syscall.EADDRNOTAVAIL) || errors.Is(err, syscall.EACCES)) {
-			for _, l := range cfg.Listen {
-				if l.Name == se.Name && l.Address != "" {
-					fmt.Fprintf(os.Stderr, "%s:%d:%d: listen.address: %v\n", cfg.Path, l.Pos.Line, l.Pos.Col, err)
-					return exitUsage
-				}
+	if err == nil {
+		d.socks = socks
+		d.log.Info("Listening", "addrs", socks.Addrs())
+		return exitOK
+	}
+	// An address in use or not bindable is a config error: name its line.
+	var se *cluster.SocketError
+	if errors.As(err, &se) && (errors.Is(err, syscall.EADDRINUSE) || errors.Is(err, syscall.EADDRNOTAVAIL) || errors.Is(err, syscall.EACCES)) {
+		for _, l := range cfg.Listen {
+			if l.Name == se.Name && l.Address != "" {
+				fmt.Fprintf(os.Stderr, "%s:%d:%d: listen.address: %v\n", cfg.Path, l.Pos.Line, l.Pos.Col, err)
+				return exitUsage
 			}
 		}
-		// Nothing to listen on (no [[listen]] and no socket from systemd) or a
-		// socket named in the config that systemd did not pass: the config
-		// does not fit this start, which is the operator's to fix.
-		if errors.Is(err, cluster.ErrNoSockets) || errors.Is(err, cluster.ErrInvalidSpec) {
-			fmt.Fprintf(os.Stderr, "%s: %v\n", cfg.Path, err)
-			return exitUsage
-		}
-		log.Error("Cannot open the listening sockets", "err", err)
-		return exitFailed
 	}
-	defer socks.Close()
-	d.socks = socks
-	log.Info("Listening", "addrs", socks.Addrs())
+	// Nothing to listen on (no [[listen]] and no socket from systemd) or a
+	// socket named in the config that systemd did not pass.
+	if errors.Is(err, cluster.ErrNoSockets) || errors.Is(err, cluster.ErrInvalidSpec) {
+		fmt.Fprintf(os.Stderr, "%s: %v\n", cfg.Path, err)
+		return exitUsage
+	}
+	d.log.Error("Cannot open the listening sockets", "err", err)
+	return exitFailed
+}
 
+// startMaster starts the worker master (or resumes the one handed over),
+// with no generation yet.
+func (d *daemon) startMaster() int {
+	cfg := d.cfg
 	env := cfg.App.EnvList()
 	if cfg.App.Adapter == config.AdapterNode {
-		path, extra, err := setupNodeAdapter(cfg.App, cfg.Root, socks.Names(), socks.Addrs(), socks.Inodes(), !d.up.resumed)
+		path, extra, err := setupNodeAdapter(cfg.App, cfg.Root, d.socks.Names(), d.socks.Addrs(), d.socks.Inodes(), !d.up.resumed)
 		if err != nil {
-			log.Error("Cannot set up the Node adapter", "err", err)
+			d.log.Error("Cannot set up the Node adapter", "err", err)
 			return exitFailed
 		}
 		env = append(env, extra...)
-		log.Info("Node adapter", "preload", path)
+		d.log.Info("Node adapter", "preload", path)
 	}
+	r := cfg.Readiness
 	master, err := d.newMaster(cluster.Config{
 		Command: cfg.App.Command, Workers: cfg.App.Workers, Env: env, StopSignal: cfg.App.StopSignal,
 		DrainTimeout: cfg.App.DrainTimeout, RescueLinger: cfg.App.RescueLinger,
-		Readiness: cluster.Readiness{Mode: cfg.Readiness.Mode, Timeout: cfg.Readiness.Timeout, Quorum: cfg.Readiness.Quorum,
-			Delay: cfg.Readiness.Delay, Probation: cfg.Readiness.Probation,
-			HTTP: cluster.HTTPCheck{Path: cfg.Readiness.HTTPPath, Host: cfg.Readiness.HTTPHost,
-				Status: cfg.Readiness.HTTPStatus, Timeout: cfg.Readiness.HTTPTimeout}},
-		BackoffMin: cfg.Restart.BackoffMin, BackoffMax: cfg.Restart.BackoffMax, Logger: log,
+		Readiness: cluster.Readiness{Mode: r.Mode, Timeout: r.Timeout, Quorum: r.Quorum, Delay: r.Delay, Probation: r.Probation,
+			HTTP: cluster.HTTPCheck{Path: r.HTTPPath, Host: r.HTTPHost, Status: r.HTTPStatus, Timeout: r.HTTPTimeout}},
+		BackoffMin: cfg.Restart.BackoffMin, BackoffMax: cfg.Restart.BackoffMax, Logger: d.log,
 		ListenCheck: listenCheck(cfg.App.ListenCheck), OnSocketLost: d.socketLost,
-	}, socks)
+	}, d.socks)
 	if err != nil {
-		log.Error("Cannot start the worker master", "err", err)
+		d.log.Error("Cannot start the worker master", "err", err)
 		return exitFailed
 	}
 	d.master = master
+	return exitOK
+}
 
-	gid := -1
-	if len(cfg.Control.AllowGIDs) > 0 {
-		gid = cfg.Control.AllowGIDs[0]
+// controlGID is the control socket's group: allow_gids[0], else none (-1).
+func controlGID(c config.ControlConfig) int {
+	if len(c.AllowGIDs) > 0 {
+		return c.AllowGIDs[0]
 	}
-	ln, err := d.listenControl(cfg.Control.Socket, gid)
-	if err != nil {
-		log.Error("Cannot serve the control socket", "err", err)
-		master.Shutdown(context.Background())
-		return exitFailed
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
+	return -1
+}
+
+// serveControl serves the control socket in a goroutine whose end
+// serveDone reports; operations run under ctx.
+func (d *daemon) serveControl(ctx context.Context, ln *net.UnixListener) (*control.Server, chan error) {
 	d.mu.Lock()
 	d.ctx = ctx
 	d.mu.Unlock()
-	srv := control.NewServer(ln, cfg.Control.AllowUIDs, cfg.Control.AllowGIDs, log, func(req control.Request) *control.Log { return d.submit(ctx, req) })
+	c := d.cfg.Control
+	srv := control.NewServer(ln, c.AllowUIDs, c.AllowGIDs, d.log, func(req control.Request) *control.Log { return d.submit(ctx, req) })
 	serveDone := make(chan error, 1)
 	go func() { serveDone <- srv.Serve() }()
-	log.Info("Control socket ready", "path", cfg.Control.Socket)
+	d.log.Info("Control socket ready", "path", c.Socket)
+	return srv, serveDone
+}
 
-	sigs := make(chan os.Signal, 4)
-	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGTERM, syscall.SIGINT, syscall.SIGUSR2)
-	defer signal.Stop(sigs)
-	replayEarlySignals(sigs)
-
-	// The first generation, from current; or wait for the first deploy.
-	cur, cerr := store.Current()
+// startFirst starts the first generation from current, or waits for the
+// first deploy.
+func (d *daemon) startFirst(ctx context.Context) {
+	cur, err := d.store.Current()
 	switch {
 	case d.up.resumed: // the workers handed over by the agent this process replaced serve
 		d.markReady(d.statusLine())
-	case cerr == nil:
+	case err == nil:
 		d.mu.Lock()
 		d.startLocked(ctx, &op{req: control.Request{Op: control.OpReload, ID: cur}, since: time.Now(), log: control.NewLog(), first: true})
 		d.mu.Unlock()
-	case errors.Is(cerr, release.ErrNoCurrent):
-		log.Info("No current release: waiting for the first deploy")
+	case errors.Is(err, release.ErrNoCurrent):
+		d.log.Info("No current release: waiting for the first deploy")
 		d.markReady("waiting for the first deploy")
 	default:
-		log.Error("Current release is unusable: waiting for a deploy or rollback", "err", cerr)
-		d.markReady("current release unusable: " + cerr.Error())
+		d.log.Error("Current release is unusable: waiting for a deploy or rollback", "err", err)
+		d.markReady("current release unusable: " + err.Error())
 	}
+}
 
-	code := exitOK
-loop:
+// serve handles signals until one stops the agent (exit 0) or the control
+// socket fails (exit 1, serveEnded).
+func (d *daemon) serve(ctx context.Context, ln *net.UnixListener, sigs <-chan os.Signal, serveDone <-chan error) (code int, serveEnded bool) {
 	for {
 		select {
 		case sig := <-sigs:
@@ -243,24 +291,27 @@ loop:
 			case syscall.SIGUSR2:
 				d.upgradeOnSignal(ctx, ln)
 			case syscall.SIGHUP:
-				log.Info("SIGHUP: reloading from current")
+				d.log.Info("SIGHUP: reloading from current")
 				l := d.submit(ctx, control.Request{Op: control.OpReload})
 				if res, done := l.Result(); done && res.Code != control.CodeOK {
-					log.Warn("SIGHUP reload not started", "code", res.Code, "err", res.Error)
+					d.log.Warn("SIGHUP reload not started", "code", res.Code, "err", res.Error)
 				}
 			default:
-				log.Info("Stopping", "signal", sig.String())
-				break loop
+				d.log.Info("Stopping", "signal", sig.String())
+				return exitOK, false
 			}
 		case err := <-serveDone:
-			log.Error("Control socket failed", "err", err)
-			serveDone = nil
-			code = exitFailed
-			break loop
+			d.log.Error("Control socket failed", "err", err)
+			return exitFailed, true
 		}
 	}
+}
 
-	notify(log, sddaemon.SdNotifyStopping)
+// shutdown ends the queued operation, aborts the running one (it restores
+// current and reports), closes the control socket and drains every worker
+// within drain_timeout (+5s).
+func (d *daemon) shutdown(cancel context.CancelFunc, srv *control.Server, serveDone <-chan error, serveEnded bool) {
+	notify(d.log, sddaemon.SdNotifyStopping)
 	d.mu.Lock()
 	d.stopping = true
 	if d.waiting != nil {
@@ -268,19 +319,18 @@ loop:
 		d.waiting = nil
 	}
 	d.mu.Unlock()
-	cancel() // aborts a running operation; it restores current and reports
+	cancel()
 	d.opsWG.Wait()
 	srv.Close()
-	if serveDone != nil {
+	if !serveEnded {
 		<-serveDone
 	}
-	sctx, scancel := context.WithTimeout(context.Background(), cfg.App.DrainTimeout+5*time.Second)
+	sctx, scancel := context.WithTimeout(context.Background(), d.cfg.App.DrainTimeout+5*time.Second)
 	defer scancel()
-	if err := master.Shutdown(sctx); err != nil {
-		log.Warn("Shutdown", "err", err)
+	if err := d.master.Shutdown(sctx); err != nil {
+		d.log.Warn("Shutdown", "err", err)
 	}
-	log.Info("Stopped")
-	return code
+	d.log.Info("Stopped")
 }
 
 func (d *daemon) markReady(status string) {

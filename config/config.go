@@ -7,7 +7,6 @@ import (
 	"path/filepath"
 	"reflect"
 	"regexp"
-	"runtime"
 	"sort"
 	"strconv"
 	"strings"
@@ -17,6 +16,8 @@ import (
 	"github.com/BurntSushi/toml"
 
 	"github.com/handoff/handoff/cluster"
+	"github.com/handoff/handoff/hooks"
+	"github.com/handoff/handoff/release"
 )
 
 // Adapters ([app] adapter).
@@ -239,29 +240,34 @@ type rawConfig struct {
 	} `toml:"hooks"`
 }
 
+// defaultRaw is every default of deploy.toml: those of the package that
+// takes the value (cluster, release, hooks) where it has one.
 func defaultRaw() rawConfig {
 	var r rawConfig
 	r.KeepReleases = 5
-	r.App.Workers = tCount(runtime.NumCPU())
-	r.App.StopSignal = tSignal(syscall.SIGTERM)
-	r.App.DrainTimeout = tDuration(30 * time.Second)
+	r.App.Workers = tCount(cluster.DefaultWorkers())
+	r.App.StopSignal = tSignal(cluster.DefaultStopSignal)
+	r.App.DrainTimeout = tDuration(cluster.DefaultDrainTimeout)
 	r.App.RescueLinger = tDuration(cluster.DefaultRescueLinger)
 	r.App.Adapter = tEnum{allowed: []string{AdapterNone, AdapterNode}, V: AdapterNone}
 	r.App.ListenCheck = tDuration0(cluster.DefaultListenCheck)
-	r.Readiness.Mode = tEnum{allowed: []string{"listen", "notify", "delay"}, V: "listen"}
-	r.Readiness.Timeout = tDuration(60 * time.Second)
-	r.Readiness.Delay = tDuration(2 * time.Second)
-	r.Restart.BackoffMin = tDuration(100 * time.Millisecond)
-	r.Restart.BackoffMax = tDuration(30 * time.Second)
+	r.Readiness.Mode = tEnum{allowed: []string{cluster.ModeListen, cluster.ModeNotify, cluster.ModeDelay}, V: cluster.ModeListen}
+	r.Readiness.Timeout = tDuration(cluster.DefaultReadyTimeout)
+	r.Readiness.Delay = tDuration(cluster.DefaultReadyDelay)
+	r.Restart.BackoffMin = tDuration(cluster.DefaultBackoffMin)
+	r.Restart.BackoffMax = tDuration(cluster.DefaultBackoffMax)
 	r.Fetch.Allow = tSchemes{"https", "http", "file"}
-	r.Fetch.MaxBytes = 2 << 30
-	r.Fetch.MaxFiles = 200000
-	r.Fetch.Timeout = tDuration(10 * time.Minute)
-	r.Hooks.Timeout = tDuration(5 * time.Minute)
+	r.Fetch.MaxBytes = tSize(release.DefaultMaxBytes)
+	r.Fetch.MaxFiles = release.DefaultMaxFiles
+	r.Fetch.Timeout = tDuration(release.DefaultTimeout)
+	r.Hooks.Timeout = tDuration(hooks.DefaultTimeout)
 	r.Hooks.PostDeployFailure = tEnum{allowed: []string{PostDeployRollback, PostDeployWarn}, V: PostDeployRollback}
 	return r
 }
 
+// parseConfig is Load on src: types and values first (every problem at
+// once), then the decode into the defaults, then unknown keys and the checks
+// across keys.
 func parseConfig(path, src string) (*Config, error) {
 	cerr := &Error{Path: path}
 	// First pass: syntax, then every type and value problem and every
@@ -281,74 +287,55 @@ func parseConfig(path, src string) (*Config, error) {
 	raw := defaultRaw()
 	md, err := toml.Decode(src, &raw)
 	if err != nil {
-		var pe toml.ParseError
-		if errors.As(err, &pe) {
-			start := pe.Position.Start
-			// Value positions point inside a string's quotes or past an
-			// array's or table's opening bracket: point at the value itself.
-			if start > 0 && start <= len(src) && strings.ContainsRune(`"'[{`, rune(src[start-1])) && pe.LastKey != "" {
-				start--
-			}
-			p := posAt(src, start)
-			if pe.Position.Start == 0 && pe.Position.Line > 1 {
-				p = pos{Line: pe.Position.Line, Col: 1}
-			}
-			msg := pe.Message
-			if pe.LastKey != "" && !strings.HasPrefix(pe.Message, "toml:") {
-				msg = pe.LastKey + ": " + msg
-			}
-			cerr.Problems = append(cerr.Problems, Problem{p.Line, p.Col, msg})
-		} else {
-			// Type mismatches on tables and arrays of tables come without a
-			// Position; report them at the start of their line.
-			line := 1
-			if m := regexp.MustCompile(`line (\d+)`).FindStringSubmatch(err.Error()); m != nil {
-				line, _ = strconv.Atoi(m[1])
-			}
-			cerr.Problems = append(cerr.Problems, Problem{line, 1, strings.TrimPrefix(err.Error(), "toml: ")})
-		}
+		cerr.Problems = append(cerr.Problems, decodeProblem(src, err))
 		return nil, cerr
 	}
+	ck := newChecker(src, md, cerr)
+	ck.unknownKeys()
+	c := raw.config(path)
+	ck.resolvePaths(c)
+	ck.required()
+	ck.listen(c, raw)
+	ck.acrossKeys(c)
+	if len(cerr.Problems) > 0 {
+		sortProblems(cerr.Problems)
+		return nil, cerr
+	}
+	return c, nil
+}
 
-	keys := md.Keys()
-	kpos := keyPositions(src, keys)
-	at := map[string][]pos{}
-	for i, k := range keys {
-		at[k.String()] = append(at[k.String()], kpos[i].Key)
-	}
-	where := func(key string, n int) pos {
-		if ps := at[key]; n < len(ps) {
-			return ps[n]
+// decodeProblem positions an error of the decoder.
+func decodeProblem(src string, err error) Problem {
+	var pe toml.ParseError
+	if !errors.As(err, &pe) {
+		// Type mismatches on tables and arrays of tables come without a
+		// Position; report them at the start of their line.
+		line := 1
+		if m := regexp.MustCompile(`line (\d+)`).FindStringSubmatch(err.Error()); m != nil {
+			line, _ = strconv.Atoi(m[1])
 		}
-		return pos{1, 1}
+		return Problem{line, 1, strings.TrimPrefix(err.Error(), "toml: ")}
 	}
-	add := func(p pos, format string, args ...any) {
-		cerr.Problems = append(cerr.Problems, Problem{p.Line, p.Col, fmt.Sprintf(format, args...)})
+	start := pe.Position.Start
+	// Value positions point inside a string's quotes or past an array's or
+	// table's opening bracket: point at the value itself.
+	if start > 0 && start <= len(src) && strings.ContainsRune(`"'[{`, rune(src[start-1])) && pe.LastKey != "" {
+		start--
 	}
+	p := posAt(src, start)
+	if pe.Position.Start == 0 && pe.Position.Line > 1 {
+		p = pos{Line: pe.Position.Line, Col: 1}
+	}
+	msg := pe.Message
+	if pe.LastKey != "" && !strings.HasPrefix(pe.Message, "toml:") {
+		msg = pe.LastKey + ": " + msg
+	}
+	return Problem{p.Line, p.Col, msg}
+}
 
-	// Unknown keys: report the outermost one of each unknown subtree.
-	var reported []string
-	undecodedN := map[string]int{}
-	for _, k := range md.Undecoded() {
-		ks := k.String()
-		n := undecodedN[ks]
-		undecodedN[ks]++
-		dup := false
-		for _, r := range reported {
-			if strings.HasPrefix(ks, r+".") {
-				dup = true
-			}
-		}
-		if dup {
-			continue
-		}
-		reported = append(reported, ks)
-		// The n-th undecoded occurrence is not always the n-th occurrence,
-		// but unknown keys in arrays of tables are rare; take the n-th.
-		add(where(ks, n), "unknown key %q", ks)
-	}
-
-	c := &Config{
+// config converts the decoded file into a Config (paths not resolved yet).
+func (raw *rawConfig) config(path string) *Config {
+	return &Config{
 		Path:         path,
 		Root:         string(raw.Root),
 		KeepReleases: int(raw.KeepReleases),
@@ -400,70 +387,138 @@ func parseConfig(path, src string) (*Config, error) {
 			PostDeployFailure: raw.Hooks.PostDeployFailure.V,
 		},
 	}
-	base := filepath.Dir(path)
-	if abs, err := filepath.Abs(base); err == nil {
-		base = abs
-	}
+}
 
-	if !md.IsDefined("root") {
-		add(pos{1, 1}, `missing required key "root"`)
+// checker reports the problems found after the decode, at the position of
+// the key they concern.
+type checker struct {
+	md   toml.MetaData
+	at   map[string][]pos // every occurrence of each key, in order
+	cerr *Error
+	base string // the config file's directory, absolute
+}
+
+func newChecker(src string, md toml.MetaData, cerr *Error) *checker {
+	keys := md.Keys()
+	kpos := keyPositions(src, keys)
+	ck := &checker{md: md, at: map[string][]pos{}, cerr: cerr, base: filepath.Dir(cerr.Path)}
+	for i, k := range keys {
+		ck.at[k.String()] = append(ck.at[k.String()], kpos[i].Key)
+	}
+	if abs, err := filepath.Abs(ck.base); err == nil {
+		ck.base = abs
+	}
+	return ck
+}
+
+// where is the n-th occurrence of key.
+func (ck *checker) where(key string, n int) pos {
+	if ps := ck.at[key]; n < len(ps) {
+		return ps[n]
+	}
+	return pos{1, 1}
+}
+
+func (ck *checker) add(p pos, format string, args ...any) {
+	ck.cerr.Problems = append(ck.cerr.Problems, Problem{p.Line, p.Col, fmt.Sprintf(format, args...)})
+}
+
+// unknownKeys reports the outermost key of each unknown subtree.
+func (ck *checker) unknownKeys() {
+	var reported []string
+	undecodedN := map[string]int{}
+	for _, k := range ck.md.Undecoded() {
+		ks := k.String()
+		n := undecodedN[ks]
+		undecodedN[ks]++
+		dup := false
+		for _, r := range reported {
+			if strings.HasPrefix(ks, r+".") {
+				dup = true
+			}
+		}
+		if dup {
+			continue
+		}
+		reported = append(reported, ks)
+		// The n-th undecoded occurrence is not always the n-th occurrence,
+		// but unknown keys in arrays of tables are rare; take the n-th.
+		ck.add(ck.where(ks, n), "unknown key %q", ks)
+	}
+}
+
+// resolvePaths makes root and control.socket absolute, against the config
+// file's directory; the socket defaults to <root>/.agent/agent.sock.
+func (ck *checker) resolvePaths(c *Config) {
+	if !ck.md.IsDefined("root") {
+		ck.add(pos{1, 1}, `missing required key "root"`)
 	} else if c.Root == "" {
-		add(where("root", 0), "root: must not be empty")
+		ck.add(ck.where("root", 0), "root: must not be empty")
 	} else if !filepath.IsAbs(c.Root) {
-		c.Root = filepath.Join(base, c.Root)
+		c.Root = filepath.Join(ck.base, c.Root)
 	}
 	if c.Root != "" {
 		c.Root = filepath.Clean(c.Root)
-	}
-	if !md.IsDefined("app", "command") {
-		p := pos{1, 1}
-		if md.IsDefined("app") {
-			p = where("app", 0)
-		}
-		add(p, `missing required key "app.command"`)
-	}
-	seen := map[string]int{}
-	addrN := 0
-	for i, l := range raw.Listen {
-		lp := where("listen", i)
-		if l.Address != "" {
-			lp = where("listen.address", addrN)
-			addrN++
-		}
-		if l.Name == "" {
-			add(where("listen", i), "listen: name is required in every [[listen]]")
-			continue
-		}
-		if j, ok := seen[string(l.Name)]; ok {
-			add(where("listen.name", i), "listen.name: duplicate name %q (first at line %d)", l.Name, where("listen.name", j).Line)
-			continue
-		}
-		seen[string(l.Name)] = i
-		c.Listen = append(c.Listen, ListenConfig{Name: string(l.Name), Address: string(l.Address),
-			Rescue: l.Rescue.or(true), NoDelay: l.NoDelay.or(true), Pos: Problem{Line: lp.Line, Col: lp.Col}})
-	}
-	if c.Readiness.Quorum > c.App.Workers {
-		add(where("readiness.quorum", 0), "readiness.quorum: %d is more than app.workers (%d)", c.Readiness.Quorum, c.App.Workers)
-	}
-	if c.Restart.BackoffMin > c.Restart.BackoffMax {
-		p := where("restart.backoff_max", 0)
-		if !md.IsDefined("restart", "backoff_max") {
-			p = where("restart.backoff_min", 0)
-		}
-		add(p, "restart: backoff_min (%s) is more than backoff_max (%s)", c.Restart.BackoffMin, c.Restart.BackoffMax)
 	}
 	if c.Control.Socket == "" {
 		if c.Root != "" {
 			c.Control.Socket = filepath.Join(c.Root, ".agent", "agent.sock")
 		}
 	} else if !filepath.IsAbs(c.Control.Socket) {
-		c.Control.Socket = filepath.Join(base, c.Control.Socket)
+		c.Control.Socket = filepath.Join(ck.base, c.Control.Socket)
 	}
-	if len(cerr.Problems) > 0 {
-		sortProblems(cerr.Problems)
-		return nil, cerr
+}
+
+// required reports a missing app.command (root: resolvePaths).
+func (ck *checker) required() {
+	if !ck.md.IsDefined("app", "command") {
+		p := pos{1, 1}
+		if ck.md.IsDefined("app") {
+			p = ck.where("app", 0)
+		}
+		ck.add(p, `missing required key "app.command"`)
 	}
-	return c, nil
+}
+
+// listen fills c.Listen from the [[listen]] tables: each needs a name, no
+// name twice; each keeps where its address (or its table) is, for errors
+// found at start.
+func (ck *checker) listen(c *Config, raw rawConfig) {
+	seen := map[string]int{}
+	addrN := 0
+	for i, l := range raw.Listen {
+		lp := ck.where("listen", i)
+		if l.Address != "" {
+			lp = ck.where("listen.address", addrN)
+			addrN++
+		}
+		if l.Name == "" {
+			ck.add(ck.where("listen", i), "listen: name is required in every [[listen]]")
+			continue
+		}
+		if j, ok := seen[string(l.Name)]; ok {
+			ck.add(ck.where("listen.name", i), "listen.name: duplicate name %q (first at line %d)", l.Name, ck.where("listen.name", j).Line)
+			continue
+		}
+		seen[string(l.Name)] = i
+		c.Listen = append(c.Listen, ListenConfig{Name: string(l.Name), Address: string(l.Address),
+			Rescue: l.Rescue.or(true), NoDelay: l.NoDelay.or(true), Pos: Problem{Line: lp.Line, Col: lp.Col}})
+	}
+}
+
+// acrossKeys checks values against each other: quorum ≤ workers,
+// backoff_min ≤ backoff_max.
+func (ck *checker) acrossKeys(c *Config) {
+	if c.Readiness.Quorum > c.App.Workers {
+		ck.add(ck.where("readiness.quorum", 0), "readiness.quorum: %d is more than app.workers (%d)", c.Readiness.Quorum, c.App.Workers)
+	}
+	if c.Restart.BackoffMin > c.Restart.BackoffMax {
+		p := ck.where("restart.backoff_max", 0)
+		if !ck.md.IsDefined("restart", "backoff_max") {
+			p = ck.where("restart.backoff_min", 0)
+		}
+		ck.add(p, "restart: backoff_min (%s) is more than backoff_max (%s)", c.Restart.BackoffMin, c.Restart.BackoffMax)
+	}
 }
 
 func sortProblems(ps []Problem) {

@@ -22,6 +22,9 @@
 //     must be, Root and Control.Socket absolute (relative ones resolve
 //     against the config file's directory; the socket defaults to
 //     <root>/.agent/agent.sock), every unset key holding its default.
+//   - Each default lives once, in the package that takes the value
+//     (cluster.Default*, release.Default*, hooks.DefaultTimeout); defaultRaw
+//     reads them from there.
 //   - Keys are a contract: a key is added freely, never renamed.
 //
 // How: the file decodes into rawConfig, whose leaf types (leaf.go,
