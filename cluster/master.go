@@ -65,36 +65,52 @@ type ReloadResult struct {
 
 // Master owns the workers of one application: at most one serving
 // generation, plus the one a Reload is starting and the one it is retiring.
+//
+// Locks, in the order they are taken (a goroutine holding one may take only
+// those after it): upMu → spawnMu → reapMu → mu → socks.mu (Sockets, which
+// takes no other). emitMu is taken alone, around the caller's event
+// callback, never with another held. The atomics need no lock.
 type Master struct {
+	// Set by NewMaster or ResumeMaster, read-only after.
 	cfg       Config
 	socks     *Sockets
 	log       *slog.Logger
 	spawner   *spawner
 	watchdog  *watchdog
 	notifyDir string
-	spawnSeq  atomic.Int64
+	resumed   bool // made by ResumeMaster: its adopted workers are children of the old program's main thread
 
-	reloading atomic.Bool
+	spawnSeq atomic.Int64 // numbers the workers' notify sockets
+	// busy is true while a Reload or an Upgrade runs: a second one of
+	// either gets ErrBusy at once, so an Upgrade never hands over a
+	// generation a Reload is starting or retiring.
+	busy atomic.Bool
+
+	// upMu makes Upgrade and Shutdown exclude each other: a Shutdown waits
+	// for an Upgrade in progress to fail (or to replace the program).
+	upMu sync.Mutex
 	// spawnMu is held for reading from a spawn to the registration of the
-	// process in its slot, reapMu from a worker's exit to its done; Upgrade
-	// holds both for writing, so it sees every worker registered, and
-	// either alive and not reaped or done.
+	// process in its slot (and by the listen watch while it replaces a
+	// socket), reapMu from a worker's exit to its done; Upgrade holds both
+	// for writing, so it sees every worker registered, and either alive and
+	// not reaped or done, and the set of sockets as it stays.
 	spawnMu sync.RWMutex
 	reapMu  sync.RWMutex
-	upMu    sync.Mutex  // Upgrade and Shutdown exclude each other
-	pausing atomic.Bool // readers stopped by pauseIO return quietly
-	resumed bool        // made by Resume
+	pausing atomic.Bool // set by Upgrade: readers stopped by pauseIO return quietly
 
-	closing  chan struct{}
-	reloadWG sync.WaitGroup
-	shutOnce sync.Once
+	closing  chan struct{}  // closed by Shutdown: every goroutine of the master stops
+	reloadWG sync.WaitGroup // a retirement Reload left draining (ReloadResult.Draining); Shutdown waits
+	shutOnce sync.Once      // Shutdown's work runs once; later calls wait on shutDone
 	shutDone chan struct{}
-	shutErr  error
+	shutErr  error // set before shutDone closes
 
+	// emitMu serializes the event callback of the Reload in progress, which
+	// it guards: events come from worker goroutines.
 	emitMu  sync.Mutex
 	emitter func(ReloadEvent)
 
-	rescueOff atomic.Bool // pidfd_getfd was refused once: no more rescue
+	// Connection rescue (rescue.go).
+	rescueOff atomic.Bool // pidfd_getfd was refused once: no more rescue for the master's life
 	forwards  sync.Map    // netip.AddrPort -> *forwardState: local ends of the rescue's own forward connections
 
 	// The listen watch (listenwatch.go): its goroutine, its check-now
@@ -104,8 +120,10 @@ type Master struct {
 	watchNow    chan chan struct{}
 	stoppingGen atomic.Int64
 
+	// mu guards the generations and what is counted across them; held
+	// briefly, never across a spawn, a signal or a wait.
 	mu      sync.Mutex
-	closed  bool
+	closed  bool          // Shutdown started: Reload and Upgrade return ErrClosed
 	gens    []*generation // live, oldest first
 	serving *generation
 	nextGen int
@@ -189,10 +207,10 @@ func (m *Master) setEmitter(f func(ReloadEvent)) {
 // called for each ReloadEvent, one call at a time, never after Reload
 // returned; it must not block for long.
 func (m *Master) Reload(ctx context.Context, spec GenerationSpec, events func(ReloadEvent)) (*ReloadResult, error) {
-	if !m.reloading.CompareAndSwap(false, true) {
+	if !m.busy.CompareAndSwap(false, true) {
 		return nil, ErrBusy
 	}
-	defer m.reloading.Store(false)
+	defer m.busy.Store(false)
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("reload %s: %w", spec.Dir, err)
 	}
