@@ -42,10 +42,7 @@ type socketUnit struct {
 
 func (s *setup) startSocketUnit(addr string) *socketUnit {
 	s.t.Helper()
-	ssa, err := exec.LookPath("systemd-socket-activate")
-	if err != nil {
-		s.t.Fatalf("systemd-socket-activate: %v", err)
-	}
+	ssa := proctest.LookPath(s.t, "systemd-socket-activate")
 	u := &socketUnit{t: s.t, done: make(chan struct{}), out: &bytes.Buffer{},
 		pidFile: filepath.Join(s.dir, "agent.pid"), stop: filepath.Join(s.dir, "unit.stop")}
 	script := `while :; do
