@@ -1,3 +1,5 @@
+//go:build linux
+
 // Package cluster runs an application as generations of worker processes on
 // listening sockets that the master holds for its whole life: Node's cluster
 // module, outside the application and for any language that can serve on an

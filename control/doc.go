@@ -1,3 +1,5 @@
+//go:build linux
+
 // Package control is the agent's control protocol: the wire types, the
 // server that serves them on a unix socket, and the client that calls it.
 //
