@@ -4,20 +4,14 @@ package main
 // e2e_helpers_test.go (agentBin, setup, artifacts, cli, waitFor).
 
 import (
-	"archive/tar"
 	"bufio"
 	"bytes"
-	"compress/gzip"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -324,52 +318,10 @@ func (s *setup) waitSocket() {
 	})
 }
 
-// addFast publishes files as NAME.tar.gz (entries in name order, the
-// fastest gzip level: big archives under -race) and returns its URL with a
-// checksum.
+// addFast publishes files as NAME.tar.gz and returns its URL with a
+// checksum; add builds the archive the same way now (name order, the
+// fastest gzip level).
 func (a *artifacts) addFast(t *testing.T, name string, files map[string]file) string {
 	t.Helper()
-	var buf bytes.Buffer
-	gz, _ := gzip.NewWriterLevel(&buf, gzip.BestSpeed)
-	tw := tar.NewWriter(gz)
-	names := make([]string, 0, len(files))
-	for n := range files {
-		names = append(names, n)
-	}
-	sort.Strings(names)
-	dirs := map[string]bool{}
-	for _, n := range names {
-		if d := filepath.Dir(n); d != "." && !dirs[d] {
-			for p := d; p != "." && !dirs[p]; p = filepath.Dir(p) {
-				dirs[p] = true
-			}
-		}
-	}
-	dl := make([]string, 0, len(dirs))
-	for d := range dirs {
-		dl = append(dl, d)
-	}
-	sort.Strings(dl)
-	for _, d := range dl {
-		tw.WriteHeader(&tar.Header{Name: d + "/", Mode: 0o755, Typeflag: tar.TypeDir})
-	}
-	for _, n := range names {
-		f := files[n]
-		mode := f.mode
-		if mode == 0 {
-			mode = 0o644
-		}
-		if err := tw.WriteHeader(&tar.Header{Name: n, Mode: mode, Size: int64(len(f.body)), Typeflag: tar.TypeReg}); err != nil {
-			t.Fatal(err)
-		}
-		io.WriteString(tw, f.body)
-	}
-	tw.Close()
-	gz.Close()
-	b := buf.Bytes()
-	a.mu.Lock()
-	a.blob[name+".tar.gz"] = b
-	a.mu.Unlock()
-	sum := sha256.Sum256(b)
-	return a.srv.URL + "/" + name + ".tar.gz?checksum=sha256:" + hex.EncodeToString(sum[:])
+	return a.add(t, name, files)
 }
