@@ -15,6 +15,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/handoff/handoff/control"
 	"github.com/handoff/handoff/release"
 )
 
@@ -46,7 +47,7 @@ func setupDeploy(fs *flag.FlagSet) func([]string) int {
 				}
 			}
 		}
-		return clientOp(&cf, Request{Op: opDeploy, URL: url, ID: *id, Wait: *wait}, *asJSON)
+		return clientOp(&cf, control.Request{Op: control.OpDeploy, URL: url, ID: *id, Wait: *wait}, *asJSON)
 	}
 }
 
@@ -65,7 +66,7 @@ func setupRollback(fs *flag.FlagSet) func([]string) int {
 				return usageErr("--to %q: %v", *to, err)
 			}
 		}
-		return clientOp(&cf, Request{Op: opRollback, To: *to, Wait: *wait}, *asJSON)
+		return clientOp(&cf, control.Request{Op: control.OpRollback, To: *to, Wait: *wait}, *asJSON)
 	}
 }
 
@@ -77,7 +78,7 @@ func setupReload(fs *flag.FlagSet) func([]string) int {
 		if len(args) != 0 {
 			return usageErr("reload takes no arguments")
 		}
-		return clientOp(&cf, Request{Op: opReload}, *asJSON)
+		return clientOp(&cf, control.Request{Op: control.OpReload}, *asJSON)
 	}
 }
 
@@ -89,7 +90,7 @@ func setupStatus(fs *flag.FlagSet) func([]string) int {
 		if len(args) != 0 {
 			return usageErr("status takes no arguments")
 		}
-		res, code := clientCall(&cf, Request{Op: opStatus}, nil)
+		res, code := clientCall(&cf, control.Request{Op: control.OpStatus}, nil)
 		if code != exitOK {
 			return code
 		}
@@ -116,7 +117,7 @@ func setupHistory(fs *flag.FlagSet) func([]string) int {
 		if len(args) != 0 {
 			return usageErr("history takes no arguments")
 		}
-		res, code := clientCall(&cf, Request{Op: opHistory}, nil)
+		res, code := clientCall(&cf, control.Request{Op: control.OpHistory}, nil)
 		if code != exitOK {
 			return code
 		}
@@ -125,7 +126,7 @@ func setupHistory(fs *flag.FlagSet) func([]string) int {
 			enc.SetIndent("", "  ")
 			h := res.History
 			if h == nil {
-				h = []HistoryEntry{}
+				h = []control.HistoryEntry{}
 			}
 			enc.Encode(h)
 			return exitOK
@@ -137,44 +138,44 @@ func setupHistory(fs *flag.FlagSet) func([]string) int {
 
 // clientCall sends req and returns the result, or prints the failure and
 // returns its exit code.
-func clientCall(cf *clientFlags, req Request, onEvent func(Message)) (Message, int) {
+func clientCall(cf *clientFlags, req control.Request, onEvent func(control.Message)) (control.Message, int) {
 	sock, code := cf.socketPath()
 	if code != exitOK {
-		return Message{}, code
+		return control.Message{}, code
 	}
-	res, err := call(sock, req, onEvent)
+	res, err := control.Call(sock, req, onEvent)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "agent: %v\n", err)
-		if errors.Is(err, ErrUnreachable) {
-			return Message{}, exitUnreachable
+		if errors.Is(err, control.ErrUnreachable) {
+			return control.Message{}, exitUnreachable
 		}
-		return Message{}, exitFailed
+		return control.Message{}, exitFailed
 	}
-	if res.Code != codeOK {
+	if res.Code != control.CodeOK {
 		printFailure(os.Stderr, req, res)
-		return res, exitCodeFor(res.Code)
+		return res, control.ExitCode(res.Code)
 	}
 	return res, exitOK
 }
 
 // clientOp runs a deploy, rollback or reload, rendering its events.
-func clientOp(cf *clientFlags, req Request, asJSON bool) int {
+func clientOp(cf *clientFlags, req control.Request, asJSON bool) int {
 	if asJSON {
 		enc := json.NewEncoder(os.Stdout)
 		sock, code := cf.socketPath()
 		if code != exitOK {
 			return code
 		}
-		res, err := call(sock, req, func(m Message) { enc.Encode(m) })
+		res, err := control.Call(sock, req, func(m control.Message) { enc.Encode(m) })
 		if err != nil {
 			fmt.Fprintf(os.Stderr, "agent: %v\n", err)
-			if errors.Is(err, ErrUnreachable) {
+			if errors.Is(err, control.ErrUnreachable) {
 				return exitUnreachable
 			}
 			return exitFailed
 		}
 		enc.Encode(res)
-		return exitCodeFor(res.Code)
+		return control.ExitCode(res.Code)
 	}
 	r := newRenderer(os.Stdout, isTerminal(os.Stdout))
 	res, code := clientCall(cf, req, r.event)
@@ -185,14 +186,14 @@ func clientOp(cf *clientFlags, req Request, asJSON bool) int {
 	return code
 }
 
-func printSuccess(w io.Writer, req Request, res Message) {
+func printSuccess(w io.Writer, req control.Request, res control.Message) {
 	el := fmtDur(time.Duration(res.Elapsed * float64(time.Second)))
 	switch req.Op {
-	case opDeploy:
+	case control.OpDeploy:
 		fmt.Fprintf(w, "deployed %s in %s", res.ID, el)
-	case opRollback:
+	case control.OpRollback:
 		fmt.Fprintf(w, "rolled back to %s in %s", res.ID, el)
-	case opReload:
+	case control.OpReload:
 		fmt.Fprintf(w, "reloaded %s in %s", res.ID, el)
 	}
 	if res.From != "" && res.From != res.ID {
@@ -200,26 +201,26 @@ func printSuccess(w io.Writer, req Request, res Message) {
 	}
 	fmt.Fprintln(w)
 	for _, l := range res.ListenLost {
-		fmt.Fprintf(w, "warning: %s\n", l.summary())
+		fmt.Fprintf(w, "warning: %s\n", summarizeLost(&l))
 	}
 }
 
-func printFailure(w io.Writer, req Request, res Message) {
+func printFailure(w io.Writer, req control.Request, res control.Message) {
 	what := req.Op
 	switch res.Code {
-	case codeBusy:
+	case control.CodeBusy:
 		fmt.Fprintf(w, "agent: busy: %s\n", res.Error)
-		if req.Op == opDeploy || req.Op == opRollback {
+		if req.Op == control.OpDeploy || req.Op == control.OpRollback {
 			fmt.Fprintf(w, "agent: use --wait to queue behind it\n")
 		}
 		return
-	case codeSuperseded:
+	case control.CodeSuperseded:
 		fmt.Fprintf(w, "agent: %s not run: %s\n", what, res.Error)
 		return
-	case codeForbidden:
+	case control.CodeForbidden:
 		fmt.Fprintf(w, "agent: refused: %s\n", res.Error)
 		return
-	case codeUsage:
+	case control.CodeUsage:
 		fmt.Fprintf(w, "agent: %s: %s\n", what, res.Error)
 		return
 	}
@@ -237,7 +238,7 @@ func printFailure(w io.Writer, req Request, res Message) {
 	switch {
 	case res.Restored != "":
 		fmt.Fprintf(w, "restored: current is %s again; its workers kept serving\n", res.Restored)
-	case req.Op != opDeploy && req.Op != opRollback:
+	case req.Op != control.OpDeploy && req.Op != control.OpRollback:
 	case res.Current == res.From:
 		fmt.Fprintf(w, "nothing changed: current is %s\n", orNone(res.Current))
 	default:
@@ -298,7 +299,7 @@ type renderer struct {
 	tty bool
 
 	mu         sync.Mutex
-	stage      string
+	stage      control.Stage
 	stageStart time.Time
 	transient  string
 	shown      bool
@@ -353,7 +354,7 @@ func (r *renderer) println(format string, a ...any) {
 	fmt.Fprintf(r.w, format+"\n", a...)
 }
 
-func (r *renderer) event(m Message) {
+func (r *renderer) event(m control.Message) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if m.Stage != "" && m.Stage != r.stage {
@@ -362,7 +363,7 @@ func (r *renderer) event(m Message) {
 		r.transient = ""
 	}
 	switch m.Kind {
-	case "progress":
+	case control.KindProgress:
 		if !r.tty {
 			return
 		}
@@ -374,13 +375,13 @@ func (r *renderer) event(m Message) {
 		} else {
 			r.transient = fmtBytes(m.Done)
 		}
-	case "worker":
+	case control.KindWorker:
 		if r.tty {
 			r.transient = m.Message
 		}
-	case "output":
+	case control.KindOutput:
 		r.println("    | %s", m.Message)
-	case "warn":
+	case control.KindWarn:
 		r.println("%-12s warning: %s", m.Stage, m.Message)
 	default:
 		r.println("%-12s %s", m.Stage, m.Message)
@@ -402,7 +403,7 @@ func (r *renderer) close() {
 	r.mu.Unlock()
 }
 
-func printStatus(w io.Writer, s *StatusDoc) {
+func printStatus(w io.Writer, s *control.StatusDoc) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	cur := s.Current
 	if cur == "" {
@@ -422,7 +423,7 @@ func printStatus(w io.Writer, s *StatusDoc) {
 		fmt.Fprintf(tw, "queued\t%s %s since %s\n", s.Waiting.Op, s.Waiting.ID, s.Waiting.Since.Local().Format("15:04:05"))
 	}
 	if s.ListenersLost > 0 {
-		fmt.Fprintf(tw, "listeners lost\t%d, last at %s: %s\n", s.ListenersLost, s.LastListenerLost.Time.Local().Format("15:04:05"), s.LastListenerLost.summary())
+		fmt.Fprintf(tw, "listeners lost\t%d, last at %s: %s\n", s.ListenersLost, s.LastListenerLost.Time.Local().Format("15:04:05"), summarizeLost(s.LastListenerLost))
 	}
 	tw.Flush()
 	fmt.Fprintln(w)
@@ -454,7 +455,7 @@ func printStatus(w io.Writer, s *StatusDoc) {
 	printHistory(w, s.LastDeploys)
 }
 
-func printHistory(w io.Writer, h []HistoryEntry) {
+func printHistory(w io.Writer, h []control.HistoryEntry) {
 	if len(h) == 0 {
 		fmt.Fprintln(w, "  (none)")
 		return

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/handoff/handoff/control"
 	"github.com/handoff/handoff/internal/proctest"
 )
 
@@ -27,10 +28,10 @@ func (s *syncBuf) String() string {
 	return s.b.String()
 }
 
-func events() []Message {
+func events() []control.Message {
 	now := time.Now()
 	w := 0
-	return []Message{
+	return []control.Message{
 		{Time: now, Stage: "fetch", Kind: "start", Message: "http://x/a.tgz -> releases/42"},
 		{Time: now, Stage: "fetch", Kind: "progress", Done: 50, Total: 100},
 		{Time: now, Stage: "fetch", Kind: "done", Message: "releases/42 ready"},

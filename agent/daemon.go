@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"os/signal"
 	"strings"
@@ -16,6 +17,8 @@ import (
 	sddaemon "github.com/coreos/go-systemd/v22/daemon"
 
 	"github.com/handoff/handoff/cluster"
+	"github.com/handoff/handoff/config"
+	"github.com/handoff/handoff/control"
 	"github.com/handoff/handoff/hooks"
 	"github.com/handoff/handoff/release"
 )
@@ -54,7 +57,7 @@ func setupRun(fs *flag.FlagSet) func([]string) int {
 // and the control socket. One operation (deploy, rollback, reload) runs at a
 // time; at most one more waits, and a newer waiter supersedes it.
 type daemon struct {
-	cfg    *Config
+	cfg    *config.Config
 	log    *slog.Logger
 	store  *release.Store
 	socks  *cluster.Sockets
@@ -74,13 +77,13 @@ type daemon struct {
 
 // op is one deploy, rollback or reload, queued or running.
 type op struct {
-	req     Request   // ID filled in for deploys
-	since   time.Time // submitted
-	started time.Time // set by execute
-	log     *opLog
-	first   bool             // the start-up generation: not recorded in history
-	recover bool             // a reload onto a replaced listening socket
-	lost    []*ListenLostDoc // listening sockets lost during it; guarded by daemon.mu
+	req     control.Request // ID filled in for deploys
+	since   time.Time       // submitted
+	started time.Time       // set by execute
+	log     *control.Log
+	first   bool                     // the start-up generation: not recorded in history
+	recover bool                     // a reload onto a replaced listening socket
+	lost    []*control.ListenLostDoc // listening sockets lost during it; guarded by daemon.mu
 }
 
 func (o *op) describe() string {
@@ -96,7 +99,7 @@ func (o *op) describe() string {
 	return s
 }
 
-func (o *op) running() *RunningOp {
+func (o *op) running() *control.RunningOp {
 	if o == nil {
 		return nil
 	}
@@ -104,130 +107,183 @@ func (o *op) running() *RunningOp {
 	if id == "" {
 		id = o.req.To
 	}
-	return &RunningOp{Op: o.req.Op, ID: id, URL: release.RedactURL(o.req.URL), Since: o.since}
+	return &control.RunningOp{Op: o.req.Op, ID: id, URL: release.RedactURL(o.req.URL), Since: o.since}
 }
 
-func notify(log *slog.Logger, state string) {
+// sdStatus is sd_notify's free-form status line, which go-systemd has no
+// constant for.
+const sdStatus = "STATUS="
+
+// notify sends states to systemd (a no-op outside a Type=notify unit).
+func notify(log *slog.Logger, states ...string) {
+	state := strings.Join(states, "\n")
 	if _, err := sddaemon.SdNotify(false, state); err != nil {
 		log.Warn("sd_notify", "state", state, "err", err)
 	}
 }
 
-// runDaemon is `agent run`; it returns the exit code.
-func runDaemon(cfg *Config, log *slog.Logger) int {
+// runDaemon is `agent run`: config → open → serve → shut down. It returns
+// the exit code.
+func runDaemon(cfg *config.Config, log *slog.Logger) int {
 	d := &daemon{cfg: cfg, log: log, start: time.Now(), hooks: &hooks.Runner{Timeout: cfg.Hooks.Timeout, Logger: log}}
 	log.Info("Starting", "version", agentVersion(), "config", cfg.Path, "root", cfg.Root, "pid", os.Getpid())
+	if code := d.openRoot(); code != exitOK {
+		return code
+	}
+	if code := d.openListeners(); code != exitOK {
+		return code
+	}
+	defer d.socks.Close()
+	if code := d.startMaster(); code != exitOK {
+		return code
+	}
+	ln, err := d.listenControl(cfg.Control.Socket, controlGID(cfg.Control))
+	if err != nil {
+		log.Error("Cannot serve the control socket", "err", err)
+		d.master.Shutdown(context.Background())
+		return exitFailed
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	srv, serveDone := d.serveControl(ctx, ln)
+	// The signals stay caught until the end: one arriving during the
+	// shutdown must not kill the agent before its workers drained.
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGTERM, syscall.SIGINT, syscall.SIGUSR2)
+	defer signal.Stop(sigs)
+	replayEarlySignals(sigs)
+	d.startFirst(ctx)
+	code, serveEnded := d.serve(ctx, ln, sigs, serveDone)
+	d.shutdown(cancel, srv, serveDone, serveEnded)
+	return code
+}
 
-	store, err := release.Open(cfg.Root, release.Options{
-		Allow: cfg.Fetch.Allow, AllowHosts: cfg.Fetch.AllowHosts, RequireChecksum: cfg.Fetch.RequireChecksum, MaxBytes: cfg.Fetch.MaxBytes,
-		MaxFiles: cfg.Fetch.MaxFiles, Timeout: cfg.Fetch.Timeout, Logger: log,
+// openRoot opens the release root.
+func (d *daemon) openRoot() int {
+	f := d.cfg.Fetch
+	store, err := release.Open(d.cfg.Root, release.Options{
+		Allow: f.Allow, AllowHosts: f.AllowHosts, RequireChecksum: f.RequireChecksum, MaxBytes: f.MaxBytes,
+		MaxFiles: f.MaxFiles, Timeout: f.Timeout, Logger: d.log,
 	})
 	if err != nil {
-		log.Error("Cannot open the release root", "err", err)
+		d.log.Error("Cannot open the release root", "err", err)
 		return exitFailed
 	}
 	d.store = store
+	return exitOK
+}
 
+// openListeners opens (or adopts) the listening sockets. An address the
+// agent cannot bind, or a set of sockets that does not fit this start, is
+// the operator's to fix: exit 2 naming the config.
+func (d *daemon) openListeners() int {
+	cfg := d.cfg
 	specs := make([]cluster.ListenSpec, len(cfg.Listen))
 	for i, l := range cfg.Listen {
 		specs[i] = cluster.ListenSpec{Name: l.Name, Address: l.Address, KeepNagle: !l.NoDelay, NoRescue: !l.Rescue}
 	}
 	socks, err := d.openSockets(specs)
-	if err != nil {
-		// An address in use or not bindable is a config error: name its line.
-		var se *cluster.SocketError
-		if errors.As(err, &se) && (errors.Is(err, syscall.EADDRINUSE) || errors.Is(err, syscall.EADDRNOTAVAIL) || errors.Is(err, syscall.EACCES)) {
-			for _, l := range cfg.Listen {
-				if l.Name == se.Name && l.Address != "" {
-					fmt.Fprintf(os.Stderr, "%s:%d:%d: listen.address: %v\n", cfg.Path, l.Pos.Line, l.Pos.Col, err)
-					return exitUsage
-				}
+	if err == nil {
+		d.socks = socks
+		d.log.Info("Listening", "addrs", socks.Addrs())
+		return exitOK
+	}
+	// An address in use or not bindable is a config error: name its line.
+	var se *cluster.SocketError
+	if errors.As(err, &se) && (errors.Is(err, syscall.EADDRINUSE) || errors.Is(err, syscall.EADDRNOTAVAIL) || errors.Is(err, syscall.EACCES)) {
+		for _, l := range cfg.Listen {
+			if l.Name == se.Name && l.Address != "" {
+				fmt.Fprintf(os.Stderr, "%s:%d:%d: listen.address: %v\n", cfg.Path, l.Pos.Line, l.Pos.Col, err)
+				return exitUsage
 			}
 		}
-		// Nothing to listen on (no [[listen]] and no socket from systemd) or a
-		// socket named in the config that systemd did not pass: the config
-		// does not fit this start, which is the operator's to fix.
-		if errors.Is(err, cluster.ErrNoSockets) || errors.Is(err, cluster.ErrInvalidSpec) {
-			fmt.Fprintf(os.Stderr, "%s: %v\n", cfg.Path, err)
-			return exitUsage
-		}
-		log.Error("Cannot open the listening sockets", "err", err)
-		return exitFailed
 	}
-	defer socks.Close()
-	d.socks = socks
-	log.Info("Listening", "addrs", socks.Addrs())
+	// Nothing to listen on (no [[listen]] and no socket from systemd) or a
+	// socket named in the config that systemd did not pass.
+	if errors.Is(err, cluster.ErrNoSockets) || errors.Is(err, cluster.ErrInvalidSpec) {
+		fmt.Fprintf(os.Stderr, "%s: %v\n", cfg.Path, err)
+		return exitUsage
+	}
+	d.log.Error("Cannot open the listening sockets", "err", err)
+	return exitFailed
+}
 
+// startMaster starts the worker master (or resumes the one handed over),
+// with no generation yet.
+func (d *daemon) startMaster() int {
+	cfg := d.cfg
 	env := cfg.App.EnvList()
-	if cfg.App.Adapter == adapterNode {
-		path, extra, err := setupNodeAdapter(cfg.App, cfg.Root, socks.Names(), socks.Addrs(), socks.Inodes(), !d.up.resumed)
+	if cfg.App.Adapter == config.AdapterNode {
+		path, extra, err := setupNodeAdapter(cfg.App, cfg.Root, d.socks.Names(), d.socks.Addrs(), d.socks.Inodes(), !d.up.resumed)
 		if err != nil {
-			log.Error("Cannot set up the Node adapter", "err", err)
+			d.log.Error("Cannot set up the Node adapter", "err", err)
 			return exitFailed
 		}
 		env = append(env, extra...)
-		log.Info("Node adapter", "preload", path)
+		d.log.Info("Node adapter", "preload", path)
 	}
+	r := cfg.Readiness
 	master, err := d.newMaster(cluster.Config{
 		Command: cfg.App.Command, Workers: cfg.App.Workers, Env: env, StopSignal: cfg.App.StopSignal,
 		DrainTimeout: cfg.App.DrainTimeout, RescueLinger: cfg.App.RescueLinger,
-		Readiness: cluster.Readiness{Mode: cfg.Readiness.Mode, Timeout: cfg.Readiness.Timeout, Quorum: cfg.Readiness.Quorum,
-			Delay: cfg.Readiness.Delay, Probation: cfg.Readiness.Probation,
-			HTTP: cluster.HTTPCheck{Path: cfg.Readiness.HTTPPath, Host: cfg.Readiness.HTTPHost,
-				Status: cfg.Readiness.HTTPStatus, Timeout: cfg.Readiness.HTTPTimeout}},
-		BackoffMin: cfg.Restart.BackoffMin, BackoffMax: cfg.Restart.BackoffMax, Logger: log,
+		Readiness: cluster.Readiness{Mode: r.Mode, Timeout: r.Timeout, Quorum: r.Quorum, Delay: r.Delay, Probation: r.Probation,
+			HTTP: cluster.HTTPCheck{Path: r.HTTPPath, Host: r.HTTPHost, Status: r.HTTPStatus, Timeout: r.HTTPTimeout}},
+		BackoffMin: cfg.Restart.BackoffMin, BackoffMax: cfg.Restart.BackoffMax, Logger: d.log,
 		ListenCheck: listenCheck(cfg.App.ListenCheck), OnSocketLost: d.socketLost,
-	}, socks)
+	}, d.socks)
 	if err != nil {
-		log.Error("Cannot start the worker master", "err", err)
+		d.log.Error("Cannot start the worker master", "err", err)
 		return exitFailed
 	}
 	d.master = master
+	return exitOK
+}
 
-	gid := -1
-	if len(cfg.Control.AllowGIDs) > 0 {
-		gid = cfg.Control.AllowGIDs[0]
+// controlGID is the control socket's group: allow_gids[0], else none (-1).
+func controlGID(c config.ControlConfig) int {
+	if len(c.AllowGIDs) > 0 {
+		return c.AllowGIDs[0]
 	}
-	ln, err := d.listenControl(cfg.Control.Socket, gid)
-	if err != nil {
-		log.Error("Cannot serve the control socket", "err", err)
-		master.Shutdown(context.Background())
-		return exitFailed
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
+	return -1
+}
+
+// serveControl serves the control socket in a goroutine whose end
+// serveDone reports; operations run under ctx.
+func (d *daemon) serveControl(ctx context.Context, ln *net.UnixListener) (*control.Server, chan error) {
 	d.mu.Lock()
 	d.ctx = ctx
 	d.mu.Unlock()
-	srv := newControlServer(ln, cfg.Control.AllowUIDs, cfg.Control.AllowGIDs, log, func(req Request) *opLog { return d.submit(ctx, req) })
+	c := d.cfg.Control
+	srv := control.NewServer(ln, c.AllowUIDs, c.AllowGIDs, d.log, func(req control.Request) *control.Log { return d.submit(ctx, req) })
 	serveDone := make(chan error, 1)
 	go func() { serveDone <- srv.Serve() }()
-	log.Info("Control socket ready", "path", cfg.Control.Socket)
+	d.log.Info("Control socket ready", "path", c.Socket)
+	return srv, serveDone
+}
 
-	sigs := make(chan os.Signal, 4)
-	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGTERM, syscall.SIGINT, syscall.SIGUSR2)
-	defer signal.Stop(sigs)
-	replayEarlySignals(sigs)
-
-	// The first generation, from current; or wait for the first deploy.
-	cur, cerr := store.Current()
+// startFirst starts the first generation from current, or waits for the
+// first deploy.
+func (d *daemon) startFirst(ctx context.Context) {
+	cur, err := d.store.Current()
 	switch {
 	case d.up.resumed: // the workers handed over by the agent this process replaced serve
 		d.markReady(d.statusLine())
-	case cerr == nil:
+	case err == nil:
 		d.mu.Lock()
-		d.startLocked(ctx, &op{req: Request{Op: opReload, ID: cur}, since: time.Now(), log: newOpLog(), first: true})
+		d.startLocked(ctx, &op{req: control.Request{Op: control.OpReload, ID: cur}, since: time.Now(), log: control.NewLog(), first: true})
 		d.mu.Unlock()
-	case errors.Is(cerr, release.ErrNoCurrent):
-		log.Info("No current release: waiting for the first deploy")
+	case errors.Is(err, release.ErrNoCurrent):
+		d.log.Info("No current release: waiting for the first deploy")
 		d.markReady("waiting for the first deploy")
 	default:
-		log.Error("Current release is unusable: waiting for a deploy or rollback", "err", cerr)
-		d.markReady("current release unusable: " + cerr.Error())
+		d.log.Error("Current release is unusable: waiting for a deploy or rollback", "err", err)
+		d.markReady("current release unusable: " + err.Error())
 	}
+}
 
-	code := exitOK
-loop:
+// serve handles signals until one stops the agent (exit 0) or the control
+// socket fails (exit 1, serveEnded).
+func (d *daemon) serve(ctx context.Context, ln *net.UnixListener, sigs <-chan os.Signal, serveDone <-chan error) (code int, serveEnded bool) {
 	for {
 		select {
 		case sig := <-sigs:
@@ -235,115 +291,117 @@ loop:
 			case syscall.SIGUSR2:
 				d.upgradeOnSignal(ctx, ln)
 			case syscall.SIGHUP:
-				log.Info("SIGHUP: reloading from current")
-				l := d.submit(ctx, Request{Op: opReload})
-				if res, done := l.Result(); done && res.Code != codeOK {
-					log.Warn("SIGHUP reload not started", "code", res.Code, "err", res.Error)
+				d.log.Info("SIGHUP: reloading from current")
+				l := d.submit(ctx, control.Request{Op: control.OpReload})
+				if res, done := l.Result(); done && res.Code != control.CodeOK {
+					d.log.Warn("SIGHUP reload not started", "code", res.Code, "err", res.Error)
 				}
 			default:
-				log.Info("Stopping", "signal", sig.String())
-				break loop
+				d.log.Info("Stopping", "signal", sig.String())
+				return exitOK, false
 			}
 		case err := <-serveDone:
-			log.Error("Control socket failed", "err", err)
-			serveDone = nil
-			code = exitFailed
-			break loop
+			d.log.Error("Control socket failed", "err", err)
+			return exitFailed, true
 		}
 	}
+}
 
-	notify(log, "STOPPING=1")
+// shutdown ends the queued operation, aborts the running one (it restores
+// current and reports), closes the control socket and drains every worker
+// within drain_timeout (+5s).
+func (d *daemon) shutdown(cancel context.CancelFunc, srv *control.Server, serveDone <-chan error, serveEnded bool) {
+	notify(d.log, sddaemon.SdNotifyStopping)
 	d.mu.Lock()
 	d.stopping = true
 	if d.waiting != nil {
-		d.waiting.log.finish(Message{Code: codeInternal, Op: d.waiting.req.Op, Error: "the agent is shutting down"})
+		d.waiting.log.Finish(control.Message{Code: control.CodeInternal, Op: d.waiting.req.Op, Error: "the agent is shutting down"})
 		d.waiting = nil
 	}
 	d.mu.Unlock()
-	cancel() // aborts a running operation; it restores current and reports
+	cancel()
 	d.opsWG.Wait()
 	srv.Close()
-	if serveDone != nil {
+	if !serveEnded {
 		<-serveDone
 	}
-	sctx, scancel := context.WithTimeout(context.Background(), cfg.App.DrainTimeout+5*time.Second)
+	sctx, scancel := context.WithTimeout(context.Background(), d.cfg.App.DrainTimeout+5*time.Second)
 	defer scancel()
-	if err := master.Shutdown(sctx); err != nil {
-		log.Warn("Shutdown", "err", err)
+	if err := d.master.Shutdown(sctx); err != nil {
+		d.log.Warn("Shutdown", "err", err)
 	}
-	log.Info("Stopped")
-	return code
+	d.log.Info("Stopped")
 }
 
 func (d *daemon) markReady(status string) {
-	notify(d.log, "READY=1\nSTATUS="+status)
+	notify(d.log, sddaemon.SdNotifyReady, sdStatus+status)
 }
 
-func result(o *op, code, format string, a ...any) Message {
-	return Message{Code: code, Op: o.req.Op, ID: o.req.ID, Error: fmt.Sprintf(format, a...)}
+func result(o *op, code, format string, a ...any) control.Message {
+	return control.Message{Code: code, Op: o.req.Op, ID: o.req.ID, Error: fmt.Sprintf(format, a...)}
 }
 
 // submit answers a request: status and history at once, operations by
 // starting or queueing them. The returned log always ends with a result.
-func (d *daemon) submit(ctx context.Context, req Request) *opLog {
+func (d *daemon) submit(ctx context.Context, req control.Request) *control.Log {
 	switch req.Op {
-	case opPing:
-		return finishedLog(Message{Code: codeOK, Op: opPing})
-	case opStatus:
+	case control.OpPing:
+		return control.FinishedLog(control.Message{Code: control.CodeOK, Op: control.OpPing})
+	case control.OpStatus:
 		st := d.status()
-		return finishedLog(Message{Code: codeOK, Op: opStatus, Status: st})
-	case opHistory:
+		return control.FinishedLog(control.Message{Code: control.CodeOK, Op: control.OpStatus, Status: st})
+	case control.OpHistory:
 		h, err := d.store.History()
 		if err != nil {
-			return finishedLog(Message{Code: codeInternal, Op: opHistory, Error: err.Error()})
+			return control.FinishedLog(control.Message{Code: control.CodeInternal, Op: control.OpHistory, Error: err.Error()})
 		}
-		return finishedLog(Message{Code: codeOK, Op: opHistory, History: historyEntries(h)})
-	case opDeploy:
+		return control.FinishedLog(control.Message{Code: control.CodeOK, Op: control.OpHistory, History: historyEntries(h)})
+	case control.OpDeploy:
 		if strings.TrimSpace(req.URL) == "" {
-			return finishedLog(Message{Code: codeUsage, Op: req.Op, Error: "deploy needs a URL"})
+			return control.FinishedLog(control.Message{Code: control.CodeUsage, Op: req.Op, Error: "deploy needs a URL"})
 		}
 		if req.ID == "" {
 			req.ID = release.NewID()
 		} else if err := release.ValidateID(req.ID); err != nil {
-			return finishedLog(Message{Code: codeUsage, Op: req.Op, Error: fmt.Sprintf("--id %q: %v", req.ID, err)})
+			return control.FinishedLog(control.Message{Code: control.CodeUsage, Op: req.Op, Error: fmt.Sprintf("--id %q: %v", req.ID, err)})
 		}
 		if req.To != "" {
-			return finishedLog(Message{Code: codeUsage, Op: req.Op, Error: "deploy takes no target"})
+			return control.FinishedLog(control.Message{Code: control.CodeUsage, Op: req.Op, Error: "deploy takes no target"})
 		}
-	case opRollback:
+	case control.OpRollback:
 		if req.To != "" {
 			if err := release.ValidateID(req.To); err != nil {
-				return finishedLog(Message{Code: codeUsage, Op: req.Op, Error: fmt.Sprintf("--to %q: %v", req.To, err)})
+				return control.FinishedLog(control.Message{Code: control.CodeUsage, Op: req.Op, Error: fmt.Sprintf("--to %q: %v", req.To, err)})
 			}
 		}
 		if req.URL != "" || req.ID != "" {
-			return finishedLog(Message{Code: codeUsage, Op: req.Op, Error: "rollback takes only a target (--to)"})
+			return control.FinishedLog(control.Message{Code: control.CodeUsage, Op: req.Op, Error: "rollback takes only a target (--to)"})
 		}
-	case opReload:
+	case control.OpReload:
 		if req.URL != "" || req.ID != "" || req.To != "" || req.Wait {
-			return finishedLog(Message{Code: codeUsage, Op: req.Op, Error: "reload takes no arguments"})
+			return control.FinishedLog(control.Message{Code: control.CodeUsage, Op: req.Op, Error: "reload takes no arguments"})
 		}
 	default:
-		return finishedLog(Message{Code: codeUsage, Op: req.Op, Error: fmt.Sprintf("unknown op %q", req.Op)})
+		return control.FinishedLog(control.Message{Code: control.CodeUsage, Op: req.Op, Error: fmt.Sprintf("unknown op %q", req.Op)})
 	}
 
-	o := &op{req: req, since: time.Now(), log: newOpLog()}
+	o := &op{req: req, since: time.Now(), log: control.NewLog()}
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	switch {
 	case d.stopping:
-		o.log.finish(result(o, codeInternal, "the agent is shutting down"))
+		o.log.Finish(result(o, control.CodeInternal, "the agent is shutting down"))
 	case d.running == nil:
 		d.startLocked(ctx, o)
 	case !req.Wait:
-		o.log.finish(result(o, codeBusy, "%s is running since %s", d.running.describe(), d.running.since.Format("15:04:05")))
+		o.log.Finish(result(o, control.CodeBusy, "%s is running since %s", d.running.describe(), d.running.since.Format("15:04:05")))
 	default:
 		if d.waiting != nil {
-			d.waiting.log.finish(result(d.waiting, codeSuperseded, "superseded by %s, queued at %s", o.describe(), o.since.Format("15:04:05")))
+			d.waiting.log.Finish(result(d.waiting, control.CodeSuperseded, "superseded by %s, queued at %s", o.describe(), o.since.Format("15:04:05")))
 			d.log.Info("Queued operation superseded", "old", d.waiting.describe(), "new", o.describe())
 		}
 		d.waiting = o
-		o.log.emit(Message{Stage: "queued", Kind: "start", Message: fmt.Sprintf("waiting for %s (running since %s)", d.running.describe(), d.running.since.Format("15:04:05"))})
+		o.log.Emit(control.Message{Stage: control.StageQueued, Kind: control.KindStart, Message: fmt.Sprintf("waiting for %s (running since %s)", d.running.describe(), d.running.since.Format("15:04:05"))})
 	}
 	return o.log
 }
@@ -358,7 +416,7 @@ func (d *daemon) startLocked(ctx context.Context, o *op) {
 		res := d.execute(ctx, o)
 		// The agent is free again before the client hears the result, so a
 		// client may start its next operation as soon as this one returns.
-		defer o.log.finish(res)
+		defer o.log.Finish(res)
 		d.mu.Lock()
 		defer d.mu.Unlock()
 		d.doneLocked(ctx)
@@ -379,7 +437,7 @@ func (d *daemon) doneLocked(ctx context.Context) {
 	}
 	d.waiting = nil
 	if d.stopping || ctx.Err() != nil {
-		next.log.finish(result(next, codeInternal, "the agent is shutting down"))
+		next.log.Finish(result(next, control.CodeInternal, "the agent is shutting down"))
 		return
 	}
 	d.startLocked(ctx, next)
@@ -387,33 +445,33 @@ func (d *daemon) doneLocked(ctx context.Context) {
 
 // execute runs o with the root locked and returns its result; the caller
 // finishes o's log with it.
-func (d *daemon) execute(ctx context.Context, o *op) Message {
+func (d *daemon) execute(ctx context.Context, o *op) control.Message {
 	start := time.Now()
 	o.started = start
 	log := d.log.With("op", o.req.Op, "id", o.req.ID)
 	log.Info("Operation start", "what", o.describe())
 	if !o.first {
-		notify(d.log, "RELOADING=1\nSTATUS="+o.describe())
+		notify(d.log, sddaemon.SdNotifyReloading, sdStatus+o.describe())
 	}
-	var res Message
+	var res control.Message
 	lockID := o.req.ID
 	if lockID == "" {
 		lockID = o.req.To
 	}
 	lock, err := d.store.Lock(o.req.Op, lockID)
 	if err != nil {
-		code := codeInternal
+		code := control.CodeInternal
 		if errors.Is(err, release.ErrLocked) {
-			code = codeBusy
+			code = control.CodeBusy
 		}
 		res = result(o, code, "%v", err)
 	} else {
 		switch o.req.Op {
-		case opDeploy:
+		case control.OpDeploy:
 			res = d.deploy(ctx, o)
-		case opRollback:
+		case control.OpRollback:
 			res = d.rollback(ctx, o)
-		case opReload:
+		case control.OpReload:
 			res = d.reload(ctx, o)
 		}
 		if err := lock.Release(); err != nil {
@@ -424,7 +482,7 @@ func (d *daemon) execute(ctx context.Context, o *op) Message {
 	res.Current = currentOrEmpty(d.store)
 	res.ListenLost = d.lostResult(o)
 	res.Elapsed = time.Since(start).Seconds()
-	if res.Code == codeOK {
+	if res.Code == control.CodeOK {
 		log.Info("Operation done", "release", res.ID, "elapsed", time.Since(start))
 	} else {
 		log.Warn("Operation failed", "code", res.Code, "err", res.Error, "restored", res.Restored)

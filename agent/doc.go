@@ -2,22 +2,25 @@
 // request. `agent run` is the daemon; deploy, rollback, reload, status,
 // history and version are its clients, talking over the control socket.
 //
-// Contract (see ../shared/DESIGN.md for the whole design):
+// The agent is the command table (main.go, cli.go) and the daemon's
+// composition (daemon.go) of the packages that own the resources: release
+// (the release tree and current), cluster (sockets and workers), hooks (hook
+// processes), config (deploy.toml) and control (the control socket and its
+// protocol). Only the agent imports them all.
+//
+// Contract:
 //
 //   - Config: deploy.toml from -c, $AGENT_CONFIG, ./deploy.toml,
-//     /etc/agent/deploy.toml, in that order. Every unknown key, wrong type or
-//     invalid value is refused as FILE:LINE:COL: message, exit 2. Relative
-//     root and control.socket resolve against the config file's directory.
+//     /etc/agent/deploy.toml, in that order (package config). A refused
+//     config prints every problem as FILE:LINE:COL: message and exits 2; so
+//     does a [[listen]] address the daemon cannot bind.
 //   - Exit codes: 0 done; 1 failed (what was restored is printed); 2 usage or
 //     config error; 3 agent not reachable or peer refused; 4 busy or
-//     superseded.
+//     superseded (control.ExitCode).
 //   - Control socket (default <root>/.agent/agent.sock): mode 0660, group
-//     control.allow_gids[0] when given. Each peer is checked with SO_PEERCRED:
-//     root, the agent's own uid, allow_uids, or a primary or supplementary gid
-//     in allow_gids. A refused peer gets one result line with code
-//     "forbidden" and the refusal is logged. One JSON Request per connection
-//     (at most 64 KiB, within 5 s); the agent answers with JSON lines: events,
-//     then exactly one result carrying a stable code (protocol.go).
+//     control.allow_gids[0] when given, peers checked by SO_PEERCRED against
+//     control.allow_uids and allow_gids (package control). One request per
+//     connection; the answer is events, then one result with a stable code.
 //   - One deploy, rollback or reload at a time. Another one is refused with
 //     code "busy" naming the running one, or with --wait queued; a newer
 //     waiter supersedes an older one, which ends with code "superseded".

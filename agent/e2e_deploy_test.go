@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/handoff/handoff/control"
 	"github.com/handoff/handoff/loadgen"
 
 	"github.com/handoff/handoff/internal/proctest"
@@ -157,18 +158,21 @@ func TestE2E_deployRollbackFailUnderLoad(t *testing.T) {
 
 	// Deploy v2 with the JSON event stream.
 	r = s.mustDo("deploy", "--id", "v2", "--json", v2)
-	var last Message
-	stages := map[string]bool{}
+	var last control.Message
+	stages := map[control.Stage]bool{}
 	for _, line := range strings.Split(strings.TrimSpace(r.stdout), "\n") {
 		if err := json.Unmarshal([]byte(line), &last); err != nil {
 			t.Fatalf("--json line %q: %v", line, err)
 		}
 		stages[last.Stage] = true
+		if last.Type == control.TypeEvent && !control.Known(last.Stage, last.Kind) {
+			t.Errorf("--json event outside control.Events: %s", line)
+		}
 	}
 	if last.Type != "result" || last.Code != "ok" || last.ID != "v2" || last.From != "v1" {
 		t.Errorf("last --json line: %+v", last)
 	}
-	for _, st := range []string{"fetch", "activate", "reload"} {
+	for _, st := range []control.Stage{"fetch", "activate", "reload"} {
 		if !stages[st] {
 			t.Errorf("--json stream has no %q event: %s", st, r.stdout)
 		}

@@ -1,16 +1,10 @@
 package main
 
 import (
-	"archive/tar"
 	"bytes"
-	"compress/gzip"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
-	"net/http"
-	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -20,6 +14,9 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/handoff/handoff/control"
+	"github.com/handoff/handoff/internal/releasetest"
 )
 
 // raceEnabled is set by race_test.go; the agent binary is then built with
@@ -71,66 +68,28 @@ func nodeServer(t *testing.T) string {
 	return string(b)
 }
 
+// tarGz packs files as a gzipped tar (releasetest.TarGz).
 func tarGz(t *testing.T, files map[string]file) []byte {
 	t.Helper()
-	var buf bytes.Buffer
-	gz, _ := gzip.NewWriterLevel(&buf, gzip.BestSpeed) // the race detector makes compression slow
-	tw := tar.NewWriter(gz)
-	dirs := map[string]bool{}
-	for name := range files {
-		for d := filepath.Dir(name); d != "." && !dirs[d]; d = filepath.Dir(d) {
-			dirs[d] = true
-		}
-	}
-	for d := range dirs {
-		tw.WriteHeader(&tar.Header{Name: d + "/", Mode: 0o755, Typeflag: tar.TypeDir})
-	}
+	rf := make(map[string]releasetest.File, len(files))
 	for name, f := range files {
-		mode := f.mode
-		if mode == 0 {
-			mode = 0o644
-		}
-		if err := tw.WriteHeader(&tar.Header{Name: name, Mode: mode, Size: int64(len(f.body)), Typeflag: tar.TypeReg}); err != nil {
-			t.Fatal(err)
-		}
-		tw.Write([]byte(f.body))
+		rf[name] = releasetest.File{Mode: f.mode, Body: []byte(f.body)}
 	}
-	tw.Close()
-	gz.Close()
-	return buf.Bytes()
+	return releasetest.TarGz(t, rf)
 }
 
 // artifacts serves tar.gz archives over HTTP on 127.0.0.1.
 type artifacts struct {
-	mu   sync.Mutex
-	blob map[string][]byte
-	srv  *httptest.Server
+	srv *releasetest.Server
 }
 
 func newArtifacts(t *testing.T) *artifacts {
-	a := &artifacts{blob: map[string][]byte{}}
-	a.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		a.mu.Lock()
-		b, ok := a.blob[strings.TrimPrefix(r.URL.Path, "/")]
-		a.mu.Unlock()
-		if !ok {
-			http.NotFound(w, r)
-			return
-		}
-		w.Write(b)
-	}))
-	t.Cleanup(a.srv.Close)
-	return a
+	return &artifacts{srv: releasetest.NewServer(t)}
 }
 
 // add publishes files as NAME.tar.gz and returns its URL with a checksum.
 func (a *artifacts) add(t *testing.T, name string, files map[string]file) string {
-	b := tarGz(t, files)
-	a.mu.Lock()
-	a.blob[name+".tar.gz"] = b
-	a.mu.Unlock()
-	sum := sha256.Sum256(b)
-	return a.srv.URL + "/" + name + ".tar.gz?checksum=sha256:" + hex.EncodeToString(sum[:])
+	return a.srv.Publish(name+".tar.gz", tarGz(t, files))
 }
 
 // app publishes the example Node app (plus extra files) as NAME.
@@ -284,8 +243,8 @@ func (s *setup) waitUp(p *agentProc) {
 	s.t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		res, err := call(s.sock, Request{Op: opPing}, nil)
-		if err == nil && res.Code == codeOK {
+		res, err := control.Call(s.sock, control.Request{Op: control.OpPing}, nil)
+		if err == nil && res.Code == control.CodeOK {
 			return
 		}
 		select {
@@ -365,10 +324,10 @@ func (s *setup) mustDo(cmd string, args ...string) cliResult {
 	return r
 }
 
-func (s *setup) status() *StatusDoc {
+func (s *setup) status() *control.StatusDoc {
 	s.t.Helper()
 	r := s.mustDo("status", "--json")
-	var st StatusDoc
+	var st control.StatusDoc
 	if err := json.Unmarshal([]byte(r.stdout), &st); err != nil {
 		s.t.Fatalf("status --json: %v\n%s", err, r.stdout)
 	}

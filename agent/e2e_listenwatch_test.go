@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/handoff/handoff/control"
 	"github.com/handoff/handoff/internal/proctest"
 	"github.com/handoff/handoff/loadgen"
 )
@@ -105,16 +106,16 @@ func (s *setup) listenRelease(name, mode string) string {
 }
 
 // deployJSON deploys url with --json and returns its result and its events.
-func (s *setup) deployJSON(id, url string) (Message, []Message) {
+func (s *setup) deployJSON(id, url string) (control.Message, []control.Message) {
 	s.t.Helper()
 	d := s.startCLI("deploy", "--id", id, url)
 	res, code := d.result(90 * time.Second)
-	if code != 0 || res.Code != codeOK {
+	if code != 0 || res.Code != control.CodeOK {
 		s.t.Fatalf("deploy %s: exit %d: %s", id, code, d.transcript())
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	return res, append([]Message(nil), d.msgs...)
+	return res, append([]control.Message(nil), d.msgs...)
 }
 
 // portFailures counts the failures a listening socket that is down
@@ -126,11 +127,11 @@ func portFailures(r *loadgen.Result) int64 {
 	return r.Failed[loadgen.KindRefused] + r.Failed[loadgen.KindTimeout]
 }
 
-func listenEvents(msgs []Message) []string {
+func listenEvents(msgs []control.Message) []string {
 	var out []string
 	for _, m := range msgs {
 		if m.Stage == "listen" {
-			out = append(out, m.Kind+": "+m.Message)
+			out = append(out, string(m.Kind)+": "+m.Message)
 		}
 	}
 	return out
@@ -192,11 +193,11 @@ func TestE2E_ListenWatchShutdownTCP(t *testing.T) {
 		return st.ListenersLost == 2 && st.LastListenerLost.ServedBy != 0
 	})
 	st = s.status()
-	t.Logf("steady state: %s", st.LastListenerLost.summary())
+	t.Logf("steady state: %s", summarizeLost(st.LastListenerLost))
 	if got := proctest.Get(t, addr); got != "hello from v3" {
 		t.Errorf("after the recovery: %q", got)
 	}
-	if h := st.LastDeploys; len(h) == 0 || h[len(h)-1].Op != opReload || h[len(h)-1].Result != "ok" {
+	if h := st.LastDeploys; len(h) == 0 || h[len(h)-1].Op != control.OpReload || h[len(h)-1].Result != "ok" {
 		t.Errorf("no recovery reload in the history: %+v", h)
 	}
 	s.deployJSON("v4", s.listenRelease("v4", ""))

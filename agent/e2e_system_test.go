@@ -24,10 +24,7 @@ func TestE2E_permissionRefusal(t *testing.T) {
 	if os.Getuid() != 0 {
 		t.Skip("needs root to run clients as other uids")
 	}
-	setpriv, err := exec.LookPath("setpriv")
-	if err != nil {
-		t.Skip("setpriv not installed")
-	}
+	setpriv := proctest.LookPath(t, "setpriv")
 	s := newSetup(t, "\n[control]\nallow_uids = [65533]\n")
 	v1 := s.art.app(t, "v1", nil)
 	p := s.start(nil)
@@ -66,10 +63,7 @@ func TestE2E_permissionRefusal(t *testing.T) {
 // first connection waits in the queue until the first deploy serves it.
 func TestE2E_socketActivation(t *testing.T) {
 	t.Parallel()
-	ssa, err := exec.LookPath("systemd-socket-activate")
-	if err != nil {
-		t.Skip("systemd-socket-activate not installed")
-	}
+	ssa := proctest.LookPath(t, "systemd-socket-activate")
 	s := newSetup(t, "")
 	s.writeConfig(strings.Replace(mustRead(t, s.cfg), "address = \"127.0.0.1:0\"\n", "", 1))
 	v1 := s.art.app(t, "v1", nil)

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/handoff/handoff/control"
 	"github.com/handoff/handoff/loadgen"
 
 	"github.com/handoff/handoff/internal/proctest"
@@ -72,15 +73,15 @@ func (s *setup) spawnAt(bin string, env []string) *agentProc {
 
 // statusWhen polls `agent status --json` until it answers (the control socket
 // is served by the new program a moment after the execve) and cond holds.
-func (s *setup) statusWhen(what string, cond func(*StatusDoc) bool) *StatusDoc {
+func (s *setup) statusWhen(what string, cond func(*control.StatusDoc) bool) *control.StatusDoc {
 	s.t.Helper()
-	var st *StatusDoc
+	var st *control.StatusDoc
 	proctest.WaitFor(s.t, 30*time.Second, what, func() bool {
 		r := s.do("status", "--json")
 		if r.code != 0 {
 			return false
 		}
-		st = &StatusDoc{}
+		st = &control.StatusDoc{}
 		if err := json.Unmarshal([]byte(r.stdout), st); err != nil {
 			s.t.Fatalf("status --json: %v\n%s", err, r.stdout)
 		}
@@ -89,7 +90,7 @@ func (s *setup) statusWhen(what string, cond func(*StatusDoc) bool) *StatusDoc {
 	return st
 }
 
-func servingPids(st *StatusDoc) []int {
+func servingPids(st *control.StatusDoc) []int {
 	var pids []int
 	for _, g := range st.Generations {
 		for _, w := range g.Workers {
@@ -179,7 +180,7 @@ func TestE2E_upgradeInPlace(t *testing.T) {
 	start := time.Now()
 	p.cmd.Process.Signal(syscall.SIGUSR2)
 	n.expect(t, "RELOADING=1\nSTATUS=upgrading the agent in place")
-	after := s.statusWhen("the upgraded agent", func(st *StatusDoc) bool { return st.Version == upgradedVersion })
+	after := s.statusWhen("the upgraded agent", func(st *control.StatusDoc) bool { return st.Version == upgradedVersion })
 	took := time.Since(start)
 	if after.PID != before.PID {
 		t.Errorf("agent pid %d after the upgrade, want %d", after.PID, before.PID)

@@ -4,20 +4,14 @@ package main
 // e2e_helpers_test.go (agentBin, setup, artifacts, cli, waitFor).
 
 import (
-	"archive/tar"
 	"bufio"
 	"bytes"
-	"compress/gzip"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -25,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/handoff/handoff/control"
 	"github.com/handoff/handoff/loadgen"
 
 	"github.com/handoff/handoff/internal/proctest"
@@ -63,7 +58,7 @@ type deployRun struct {
 	t     *testing.T
 	cmd   *exec.Cmd
 	mu    sync.Mutex
-	msgs  []Message
+	msgs  []control.Message
 	wake  chan struct{}
 	errMu sync.Mutex
 	errb  bytes.Buffer
@@ -88,9 +83,9 @@ func (s *setup) startCLI(cmd string, args ...string) *deployRun {
 		sc := bufio.NewScanner(out)
 		sc.Buffer(make([]byte, 64<<10), 16<<20)
 		for sc.Scan() {
-			var m Message
+			var m control.Message
 			if json.Unmarshal(sc.Bytes(), &m) != nil {
-				m = Message{Type: "garbage", Message: sc.Text()}
+				m = control.Message{Type: "garbage", Message: sc.Text()}
 			}
 			d.mu.Lock()
 			d.msgs = append(d.msgs, m)
@@ -110,7 +105,7 @@ func (s *setup) startCLI(cmd string, args ...string) *deployRun {
 }
 
 // waitEvent waits for a message matching pred and returns it.
-func (d *deployRun) waitEvent(what string, timeout time.Duration, pred func(Message) bool) Message {
+func (d *deployRun) waitEvent(what string, timeout time.Duration, pred func(control.Message) bool) control.Message {
 	d.t.Helper()
 	deadline := time.After(timeout)
 	seen := 0
@@ -141,7 +136,7 @@ func (d *deployRun) waitEvent(what string, timeout time.Duration, pred func(Mess
 
 // result waits for the command to end and returns its last message and
 // exit code.
-func (d *deployRun) result(timeout time.Duration) (Message, int) {
+func (d *deployRun) result(timeout time.Duration) (control.Message, int) {
 	d.t.Helper()
 	select {
 	case <-d.done:
@@ -150,7 +145,7 @@ func (d *deployRun) result(timeout time.Duration) (Message, int) {
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	var last Message
+	var last control.Message
 	if len(d.msgs) > 0 {
 		last = d.msgs[len(d.msgs)-1]
 	}
@@ -223,7 +218,7 @@ func groupMembers(pgid int) []int {
 }
 
 // workerPIDs lists the pids of every worker in status.
-func workerPIDs(st *StatusDoc) []int {
+func workerPIDs(st *control.StatusDoc) []int {
 	var out []int
 	for _, g := range st.Generations {
 		for _, w := range g.Workers {
@@ -318,57 +313,15 @@ func rootSnapshot(t *testing.T, root string) string {
 func (s *setup) waitSocket() {
 	s.t.Helper()
 	proctest.WaitFor(s.t, 30*time.Second, "the agent's control socket", func() bool {
-		res, err := call(s.sock, Request{Op: opPing}, nil)
-		return err == nil && res.Code == codeOK
+		res, err := control.Call(s.sock, control.Request{Op: control.OpPing}, nil)
+		return err == nil && res.Code == control.CodeOK
 	})
 }
 
-// addFast publishes files as NAME.tar.gz (entries in name order, the
-// fastest gzip level: big archives under -race) and returns its URL with a
-// checksum.
+// addFast publishes files as NAME.tar.gz and returns its URL with a
+// checksum; add builds the archive the same way now (name order, the
+// fastest gzip level).
 func (a *artifacts) addFast(t *testing.T, name string, files map[string]file) string {
 	t.Helper()
-	var buf bytes.Buffer
-	gz, _ := gzip.NewWriterLevel(&buf, gzip.BestSpeed)
-	tw := tar.NewWriter(gz)
-	names := make([]string, 0, len(files))
-	for n := range files {
-		names = append(names, n)
-	}
-	sort.Strings(names)
-	dirs := map[string]bool{}
-	for _, n := range names {
-		if d := filepath.Dir(n); d != "." && !dirs[d] {
-			for p := d; p != "." && !dirs[p]; p = filepath.Dir(p) {
-				dirs[p] = true
-			}
-		}
-	}
-	dl := make([]string, 0, len(dirs))
-	for d := range dirs {
-		dl = append(dl, d)
-	}
-	sort.Strings(dl)
-	for _, d := range dl {
-		tw.WriteHeader(&tar.Header{Name: d + "/", Mode: 0o755, Typeflag: tar.TypeDir})
-	}
-	for _, n := range names {
-		f := files[n]
-		mode := f.mode
-		if mode == 0 {
-			mode = 0o644
-		}
-		if err := tw.WriteHeader(&tar.Header{Name: n, Mode: mode, Size: int64(len(f.body)), Typeflag: tar.TypeReg}); err != nil {
-			t.Fatal(err)
-		}
-		io.WriteString(tw, f.body)
-	}
-	tw.Close()
-	gz.Close()
-	b := buf.Bytes()
-	a.mu.Lock()
-	a.blob[name+".tar.gz"] = b
-	a.mu.Unlock()
-	sum := sha256.Sum256(b)
-	return a.srv.URL + "/" + name + ".tar.gz?checksum=sha256:" + hex.EncodeToString(sum[:])
+	return a.add(t, name, files)
 }

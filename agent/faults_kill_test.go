@@ -19,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/handoff/handoff/control"
 	"github.com/handoff/handoff/loadgen"
 	"github.com/handoff/handoff/release"
 
@@ -41,10 +42,7 @@ type socketUnit struct {
 
 func (s *setup) startSocketUnit(addr string) *socketUnit {
 	s.t.Helper()
-	ssa, err := exec.LookPath("systemd-socket-activate")
-	if err != nil {
-		s.t.Fatalf("systemd-socket-activate: %v", err)
-	}
+	ssa := proctest.LookPath(s.t, "systemd-socket-activate")
 	u := &socketUnit{t: s.t, done: make(chan struct{}), out: &bytes.Buffer{},
 		pidFile: filepath.Join(s.dir, "agent.pid"), stop: filepath.Join(s.dir, "unit.stop")}
 	script := `while :; do
@@ -254,8 +252,8 @@ kill $!`
 
 	// Deploy v2 and catch it at the stage.
 	d := s.startCLI("deploy", "--id", "v2", v2)
-	isStep := func(word string) func(Message) bool {
-		return func(m Message) bool {
+	isStep := func(word string) func(control.Message) bool {
+		return func(m control.Message) bool {
 			return m.Stage == "reload" && m.Kind == "step" && strings.Contains(m.Message, word)
 		}
 	}
@@ -280,10 +278,10 @@ kill $!`
 	case "pre-activate":
 		proctest.WaitFor(t, 30*time.Second, "the pre-activate hook to start", func() bool { _, err := os.Stat(hookStarted); return err == nil })
 	case "swapped":
-		d.waitEvent("the swap", 30*time.Second, func(m Message) bool { return m.Stage == "activate" && m.Kind == "done" })
+		d.waitEvent("the swap", 30*time.Second, func(m control.Message) bool { return m.Stage == "activate" && m.Kind == "done" })
 	case "readiness", "readiness-broken":
 		started := 0
-		d.waitEvent("the new worker started", 30*time.Second, func(m Message) bool {
+		d.waitEvent("the new worker started", 30*time.Second, func(m control.Message) bool {
 			if m.Stage == "reload" && m.Kind == "worker" && strings.Contains(m.Message, "started") {
 				started++
 				newPIDs = append(newPIDs, m.PID)
@@ -353,7 +351,7 @@ kill $!`
 	if stage == "swapped" || stage == "readiness" || stage == "retiring" {
 		want = "v2"
 	}
-	var cur *StatusDoc
+	var cur *control.StatusDoc
 	proctest.WaitFor(t, 60*time.Second, "one generation serving after the restart", func() bool {
 		cur = s.status()
 		if len(cur.Generations) != 1 || cur.Generations[0].State != "serving" || cur.Running != nil {
@@ -457,7 +455,7 @@ func fmtSscan(s string, a ...any) (int, error) {
 // checkRecovered checks the root after a restart: .incoming empty, current
 // names want and holds every file of its archive, state.json parses and
 // agrees with the releases on disk, status agrees with the link.
-func checkRecovered(t *testing.T, s *setup, st *StatusDoc, want string, archives map[string]map[string]file) {
+func checkRecovered(t *testing.T, s *setup, st *control.StatusDoc, want string, archives map[string]map[string]file) {
 	t.Helper()
 	if debris, _ := os.ReadDir(filepath.Join(s.root, "releases", ".incoming")); len(debris) != 0 {
 		t.Errorf("releases/.incoming not empty after the restart: %v", debris)
@@ -520,7 +518,7 @@ func checkRecovered(t *testing.T, s *setup, st *StatusDoc, want string, archives
 
 // checkPortHolders checks that only the agent, its workers and (with a
 // socket unit) the unit's shell hold the listening socket.
-func checkPortHolders(t *testing.T, port int, st *StatusDoc, unit *socketUnit) {
+func checkPortHolders(t *testing.T, port int, st *control.StatusDoc, unit *socketUnit) {
 	t.Helper()
 	ino := proctest.ListenInode(t, port)
 	if ino == "" {

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/handoff/handoff/control"
 	"github.com/handoff/handoff/internal/proctest"
 )
 
@@ -221,7 +222,7 @@ __fs.appendFileSync(`+strconv.Quote(grandPIDs)+`, __gc.pid + '\n');
 	if res, code := d.result(30 * time.Second); code != 0 {
 		t.Fatalf("deploy v2: %d %+v %s", code, res, d.transcript())
 	}
-	retired := d.waitEvent("the reload's summary", time.Second, func(m Message) bool { return m.Stage == "reload" && m.Kind == "done" })
+	retired := d.waitEvent("the reload's summary", time.Second, func(m control.Message) bool { return m.Stage == "reload" && m.Kind == "done" })
 	after := retired.Message[strings.LastIndex(retired.Message, " ")+1:]
 	if el, err := time.ParseDuration(after); err != nil || el < time.Second || el > 5*time.Second {
 		t.Errorf("the old generation, deaf to SIGTERM, retired after %q; want drain_timeout (1s) and a little", after)
@@ -239,7 +240,7 @@ __fs.appendFileSync(`+strconv.Quote(grandPIDs)+`, __gc.pid + '\n');
 	}
 	st := s.status()
 	killPID(t, st.Generations[0].Workers[0].PID)
-	var w WorkerDoc
+	var w control.WorkerDoc
 	// The backoff shows from the first restart until the worker is ready
 	// again; the state "backoff" itself lasts only the delay, too short for a
 	// poll through the CLI to be sure to see it.
@@ -292,7 +293,7 @@ func TestFaults_busy(t *testing.T) {
 	// The rollback to v1 waits for v1's workers, which wait for the gate.
 	os.Remove(gate)
 	rb := s.startCLI("rollback")
-	rb.waitEvent("v1's workers to start", 30*time.Second, func(m Message) bool { return m.Kind == "worker" && strings.Contains(m.Message, "started") })
+	rb.waitEvent("v1's workers to start", 30*time.Second, func(m control.Message) bool { return m.Kind == "worker" && strings.Contains(m.Message, "started") })
 	r := s.do("deploy", "--id", "v3", stalled.url)
 	if r.code != 4 || !strings.Contains(r.stderr, "busy: rollback") || !strings.Contains(r.stderr, "v1") {
 		t.Errorf("deploy during a rollback: want exit 4 naming the rollback to v1; got %v", r)

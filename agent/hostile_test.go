@@ -3,14 +3,12 @@ package main
 import (
 	"archive/tar"
 	"bytes"
-	"compress/gzip"
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
-	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -18,7 +16,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/handoff/handoff/control"
 	"github.com/handoff/handoff/internal/proctest"
+	"github.com/handoff/handoff/internal/releasetest"
 )
 
 // rawEntry is one tar entry written as is (hostile archives).
@@ -29,71 +29,46 @@ type rawEntry struct {
 
 func rawTarGz(t *testing.T, entries []rawEntry) []byte {
 	t.Helper()
-	var buf bytes.Buffer
-	gz, _ := gzip.NewWriterLevel(&buf, gzip.BestSpeed)
-	tw := tar.NewWriter(gz)
-	for _, e := range entries {
-		h := e.hdr
-		if h.Typeflag == tar.TypeReg {
-			h.Size = int64(len(e.body))
-		}
-		if h.Mode == 0 {
-			h.Mode = 0o644
-		}
-		if err := tw.WriteHeader(&h); err != nil {
-			t.Fatal(err)
-		}
-		tw.Write(e.body)
+	re := make([]releasetest.Entry, len(entries))
+	for i, e := range entries {
+		re[i] = releasetest.Entry{Header: e.hdr, Body: e.body}
 	}
-	tw.Close()
-	gz.Close()
-	return buf.Bytes()
+	return releasetest.RawTarGz(t, re)
 }
 
 // hostileServer serves fixed blobs and a few misbehaving endpoints.
 type hostileServer struct {
-	srv   *httptest.Server
-	blobs map[string][]byte
+	srv   *releasetest.Server
 	stall chan struct{}
 }
 
 func newHostileServer(t *testing.T) *hostileServer {
-	h := &hostileServer{blobs: map[string][]byte{}, stall: make(chan struct{})}
-	h.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		switch r.URL.Path {
-		case "/500.tar.gz":
-			http.Error(w, "boom", http.StatusInternalServerError)
-		case "/redirect-file.tar.gz":
-			http.Redirect(w, r, "file:///etc/passwd", http.StatusFound)
-		case "/redirect-host.tar.gz": // the same server under another name
-			http.Redirect(w, r, "http://"+strings.Replace(r.Host, "127.0.0.1", "localhost", 1)+"/good.tar.gz", http.StatusFound)
-		case "/stall.tar.gz":
-			w.Header().Set("Content-Length", "100000")
-			w.Write(bytes.Repeat([]byte{0x1f}, 1000))
-			w.(http.Flusher).Flush()
-			select {
-			case <-h.stall:
-			case <-r.Context().Done():
-			}
-		default:
-			b, ok := h.blobs[strings.TrimPrefix(r.URL.Path, "/")]
-			if !ok {
-				http.NotFound(w, r)
-				return
-			}
-			w.Write(b)
+	h := &hostileServer{srv: releasetest.NewServer(t), stall: make(chan struct{})}
+	h.srv.Handle("500.tar.gz", func(w http.ResponseWriter, r *http.Request) {
+		http.Error(w, "boom", http.StatusInternalServerError)
+	})
+	h.srv.Handle("redirect-file.tar.gz", func(w http.ResponseWriter, r *http.Request) {
+		http.Redirect(w, r, "file:///etc/passwd", http.StatusFound)
+	})
+	h.srv.Handle("redirect-host.tar.gz", func(w http.ResponseWriter, r *http.Request) { // the same server under another name
+		http.Redirect(w, r, "http://"+strings.Replace(r.Host, "127.0.0.1", "localhost", 1)+"/good.tar.gz", http.StatusFound)
+	})
+	h.srv.Handle("stall.tar.gz", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Length", "100000")
+		w.Write(bytes.Repeat([]byte{0x1f}, 1000))
+		w.(http.Flusher).Flush()
+		select {
+		case <-h.stall:
+		case <-r.Context().Done():
 		}
-	}))
+	})
 	t.Cleanup(func() { close(h.stall); h.srv.CloseClientConnections(); h.srv.Close() })
 	return h
 }
 
-// add publishes b (before the server serves) and returns its URL with a
-// checksum.
+// add publishes b and returns its URL with a checksum.
 func (h *hostileServer) add(name string, b []byte) string {
-	h.blobs[name] = b
-	sum := sha256.Sum256(b)
-	return h.srv.URL + "/" + name + "?checksum=sha256:" + hex.EncodeToString(sum[:])
+	return h.srv.Publish(name, b)
 }
 
 // TestHostile_deployInputs sends one hostile artifact or URL of each class
@@ -316,9 +291,9 @@ func TestHostile_controlSocket(t *testing.T) {
 		t.Errorf("status while silent clients wait: %+v", st)
 	}
 	for i, c := range conns {
-		c.SetReadDeadline(time.Now().Add(requestTimeout + 20*time.Second))
+		c.SetReadDeadline(time.Now().Add(control.RequestTimeout + 20*time.Second))
 		b, _ := io.ReadAll(c)
-		if !strings.Contains(string(b), "bad request: no request within "+requestTimeout.String()) {
+		if !strings.Contains(string(b), "bad request: no request within "+control.RequestTimeout.String()) {
 			t.Errorf("silent client %d got %q", i, b)
 		}
 	}

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/handoff/handoff/cluster"
+	"github.com/handoff/handoff/control"
 )
 
 // What the agent does when the cluster's listen watch reports a lost
@@ -17,36 +18,21 @@ import (
 // queued one), or is not needed when that operation starts a generation on
 // the new socket anyway.
 
-// ListenLostDoc is one lost listening socket, in `agent status` and in the
-// result of the operation during which it happened.
-type ListenLostDoc struct {
-	Time     time.Time `json:"time"`                // when the agent saw it
-	Socket   string    `json:"socket"`              // the [[listen]] name
-	Address  string    `json:"address"`             // host:port or unix:/path
-	Reason   string    `json:"reason"`              // "shut down", "path removed", "path replaced"
-	Restored string    `json:"restored"`            // "rebound" (a new socket) or "relinked" (the path back on the same socket)
-	Adopted  bool      `json:"adopted,omitempty"`   // it was a systemd socket unit's; the new one is the agent's
-	Stopping int       `json:"stopping,omitempty"`  // the generation being stopped when it happened
-	RefusedS float64   `json:"refused_s"`           // at most this long, connections were refused (or found no path)
-	DownS    float64   `json:"down_s,omitempty"`    // at most this long, nothing was served on it: until a generation served on the new socket (0: not yet)
-	ServedBy int       `json:"served_by,omitempty"` // that generation
-}
-
 // listenLost is the agent's record of lost sockets; guarded by daemon.mu.
 type listenLost struct {
 	count int
-	last  *ListenLostDoc
+	last  *control.ListenLostDoc
 	open  []*lostOpen // rebound, no generation on the new socket yet
 }
 
 type lostOpen struct {
-	doc      *ListenLostDoc
+	doc      *control.ListenLostDoc
 	lastSeen time.Time
 	op       *op // the operation it happened during, if any
 }
 
-func lostDoc(l cluster.SocketLost) *ListenLostDoc {
-	d := &ListenLostDoc{Time: l.Detected, Socket: l.Name, Address: l.Address, Reason: l.Reason, Restored: l.How,
+func lostDoc(l cluster.SocketLost) *control.ListenLostDoc {
+	d := &control.ListenLostDoc{Time: l.Detected, Socket: l.Name, Address: l.Address, Reason: l.Reason, Restored: l.How,
 		Adopted: l.Adopted, Stopping: l.Stopping, RefusedS: l.Restored.Sub(l.LastSeen).Seconds()}
 	if !l.NeedsReload() {
 		d.DownS = d.RefusedS
@@ -54,8 +40,8 @@ func lostDoc(l cluster.SocketLost) *ListenLostDoc {
 	return d
 }
 
-// describe is the human line of a loss.
-func (l *ListenLostDoc) describe() string {
+// describeLost is the human line of a loss.
+func describeLost(l *control.ListenLostDoc) string {
 	s := fmt.Sprintf("listening socket %s (%s) %s", l.Socket, l.Address, l.Reason)
 	if l.Stopping != 0 {
 		s += fmt.Sprintf(" while generation %d stopped", l.Stopping)
@@ -75,8 +61,8 @@ func (l *ListenLostDoc) describe() string {
 	return s
 }
 
-// summary is the one line of `agent status` and of a result.
-func (l *ListenLostDoc) summary() string {
+// summarizeLost is the one line of `agent status` and of a result.
+func summarizeLost(l *control.ListenLostDoc) string {
 	s := fmt.Sprintf("listening socket %s (%s) %s", l.Socket, l.Address, l.Reason)
 	if l.Stopping != 0 {
 		s += fmt.Sprintf(" while generation %d stopped", l.Stopping)
@@ -113,7 +99,7 @@ func (d *daemon) socketLost(l cluster.SocketLost) {
 	d.lost.last = doc
 	if o := d.running; o != nil {
 		o.lost = append(o.lost, doc)
-		d.emit(o, "listen", "warn", "%s", doc.describe())
+		d.emit(o, control.StageListen, control.KindWarn, "%s", describeLost(doc))
 	}
 	if !l.NeedsReload() {
 		return
@@ -128,7 +114,7 @@ func (d *daemon) socketLost(l cluster.SocketLost) {
 // sockets.
 func (d *daemon) startRecoveryLocked(ctx context.Context) {
 	d.log.Info("Reloading onto the replaced listening socket")
-	d.startLocked(ctx, &op{req: Request{Op: opReload}, since: time.Now(), log: newOpLog(), recover: true})
+	d.startLocked(ctx, &op{req: control.Request{Op: control.OpReload}, since: time.Now(), log: control.NewLog(), recover: true})
 }
 
 // recoverAfterLocked runs when operation done ends: a loss still open (the
@@ -156,7 +142,7 @@ func (d *daemon) afterReload(ctx context.Context, o *op, id string, res *cluster
 		if !d.master.Stale() {
 			break
 		}
-		d.emit(o, "listen", "start", "generation %d holds a listening socket that was replaced: starting a generation on the new one", res.Generation)
+		d.emit(o, control.StageListen, control.KindStart, "generation %d holds a listening socket that was replaced: starting a generation on the new one", res.Generation)
 		var err error
 		start = time.Now()
 		if res, err = d.reloadOnce(ctx, o, id); err != nil {
@@ -175,7 +161,7 @@ func (d *daemon) afterReload(ctx context.Context, o *op, id string, res *cluster
 		d.mu.Lock()
 		lo.doc.DownS, lo.doc.ServedBy = servedAt.Sub(lo.lastSeen).Seconds(), res.Generation
 		d.mu.Unlock()
-		d.emit(o, "listen", "done", "listening socket %s (%s) served again by generation %d: down for at most %s (refused for at most %s)",
+		d.emit(o, control.StageListen, control.KindDone, "listening socket %s (%s) served again by generation %d: down for at most %s (refused for at most %s)",
 			lo.doc.Socket, lo.doc.Address, res.Generation, fmtDur(servedAt.Sub(lo.lastSeen)), fmtDur(time.Duration(lo.doc.RefusedS*float64(time.Second))))
 		if lo.op != nil && lo.op != o {
 			continue
@@ -189,7 +175,7 @@ func (d *daemon) afterReload(ctx context.Context, o *op, id string, res *cluster
 	return nil
 }
 
-func containsDoc(l []*ListenLostDoc, d *ListenLostDoc) bool {
+func containsDoc(l []*control.ListenLostDoc, d *control.ListenLostDoc) bool {
 	for _, x := range l {
 		if x == d {
 			return true
@@ -199,10 +185,10 @@ func containsDoc(l []*ListenLostDoc, d *ListenLostDoc) bool {
 }
 
 // lostResult is what an operation's result says of the losses during it.
-func (d *daemon) lostResult(o *op) []ListenLostDoc {
+func (d *daemon) lostResult(o *op) []control.ListenLostDoc {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	var out []ListenLostDoc
+	var out []control.ListenLostDoc
 	for _, l := range o.lost {
 		out = append(out, *l)
 	}
@@ -210,7 +196,7 @@ func (d *daemon) lostResult(o *op) []ListenLostDoc {
 }
 
 // lostStatus fills the status fields; d.mu is held.
-func (d *daemon) lostStatusLocked(st *StatusDoc) {
+func (d *daemon) lostStatusLocked(st *control.StatusDoc) {
 	st.ListenersLost = d.lost.count
 	if d.lost.last != nil {
 		l := *d.lost.last

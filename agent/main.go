@@ -12,6 +12,7 @@ import (
 	"strings"
 
 	"github.com/handoff/handoff/cluster"
+	"github.com/handoff/handoff/config"
 )
 
 // version is set at build time with -ldflags "-X main.version=…"; otherwise
@@ -39,7 +40,7 @@ func agentVersion() string {
 	return v
 }
 
-// Exit codes (DESIGN.md).
+// Exit codes, as control.ExitCode maps result codes to them.
 const (
 	exitOK          = 0
 	exitFailed      = 1
@@ -123,15 +124,15 @@ func usageErr(format string, a ...any) int {
 
 // loadConfigFlag finds and loads the config; on error it prints it and
 // returns exit code 2.
-func loadConfigFlag(path string) (*Config, int) {
-	p, err := FindConfig(path)
+func loadConfigFlag(path string) (*config.Config, int) {
+	p, err := config.Find(path)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "agent: %v\n", err)
 		return nil, exitUsage
 	}
-	cfg, err := LoadConfig(p)
+	cfg, err := config.Load(p)
 	if err != nil {
-		var ce *ConfigError
+		var ce *config.Error
 		if errors.As(err, &ce) {
 			fmt.Fprintln(os.Stderr, ce.Error())
 		} else {

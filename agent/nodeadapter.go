@@ -13,12 +13,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
-)
 
-// Adapters ([app] adapter).
-const (
-	adapterNone = "none"
-	adapterNode = "node"
+	"github.com/handoff/handoff/config"
 )
 
 // nodePreload is the script `[app] adapter = "node"` loads into every
@@ -54,12 +50,12 @@ type nodeAdapterConfig struct {
 // and nodeAdapterVar. With prune, preloads of other agent versions are
 // removed: only a fresh start may do that, since workers handed over by an
 // upgrade may still start a Node process that loads theirs.
-func setupNodeAdapter(app AppConfig, root string, names, addrs []string, inodes []uint64, prune bool) (path string, env []string, err error) {
+func setupNodeAdapter(app config.AppConfig, root string, names, addrs []string, inodes []uint64, prune bool) (path string, env []string, err error) {
 	path, err = writeNodePreload(nodePreloadDir(root), prune)
 	if err != nil {
 		return "", nil, err
 	}
-	cfg := nodeAdapterConfig{StopSignal: signalName(app.StopSignal), DrainMS: app.DrainTimeout.Milliseconds()}
+	cfg := nodeAdapterConfig{StopSignal: config.SignalName(app.StopSignal), DrainMS: app.DrainTimeout.Milliseconds()}
 	for i := range names {
 		cfg.Sockets = append(cfg.Sockets, nodeAdapterSocket{FD: 3 + i, Name: names[i], Address: addrs[i], Inode: inodes[i]})
 	}
@@ -82,15 +78,6 @@ func setupNodeAdapter(app AppConfig, root string, names, addrs []string, inodes 
 // double quotes and reads \" and \\ inside them.
 func nodeOptionQuote(s string) string {
 	return `"` + strings.NewReplacer(`\`, `\\`, `"`, `\"`).Replace(s) + `"`
-}
-
-func signalName(sig syscall.Signal) string {
-	for name, s := range signals {
-		if s == sig {
-			return name
-		}
-	}
-	return "SIGTERM"
 }
 
 // writeNodePreload makes dir (mode 0700, owned by this process's user) and

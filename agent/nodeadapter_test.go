@@ -20,6 +20,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/handoff/handoff/config"
 	"github.com/handoff/handoff/internal/proctest"
 )
 
@@ -76,7 +77,7 @@ func newAdapterWorld(t *testing.T, root string, appEnv map[string]string) *adapt
 	if err := syscall.Fstat(int(f.Fd()), &st); err != nil {
 		t.Fatal(err)
 	}
-	app := AppConfig{StopSignal: syscall.SIGTERM, DrainTimeout: 5 * time.Second, Env: appEnv}
+	app := config.AppConfig{StopSignal: syscall.SIGTERM, DrainTimeout: 5 * time.Second, Env: appEnv}
 	addr := ln.Addr().String()
 	_, env, err := setupNodeAdapter(app, root, []string{"http"}, []string{addr}, []uint64{st.Ino}, true)
 	if err != nil {
@@ -309,7 +310,7 @@ func TestSetupNodeAdapter(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Setenv("NODE_OPTIONS", tt.agent)
-			app := AppConfig{Env: tt.appEnv, StopSignal: syscall.SIGINT, DrainTimeout: 3 * time.Second}
+			app := config.AppConfig{Env: tt.appEnv, StopSignal: syscall.SIGINT, DrainTimeout: 3 * time.Second}
 			path, env, err := setupNodeAdapter(app, root, []string{"http", "admin"}, []string{"127.0.0.1:80", "unix:/run/a.sock"}, []uint64{7, 9}, true)
 			if err != nil {
 				t.Fatal(err)
@@ -348,3 +349,5 @@ func TestSetupNodeAdapter(t *testing.T) {
 		t.Fatalf("a fresh start kept another version's preload, or lost its own (%v)", err)
 	}
 }
+
+func fileExists(p string) bool { _, err := os.Stat(p); return err == nil }

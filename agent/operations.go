@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/handoff/handoff/cluster"
+	"github.com/handoff/handoff/control"
 	"github.com/handoff/handoff/hooks"
 	"github.com/handoff/handoff/release"
 )
@@ -17,8 +18,8 @@ import (
 // root locked, streaming events into the op's log and returning its result.
 
 // emit adds a human event to o's stream.
-func (d *daemon) emit(o *op, stage, kind, format string, a ...any) {
-	o.log.emit(Message{Stage: stage, Kind: kind, Message: fmt.Sprintf(format, a...)})
+func (d *daemon) emit(o *op, stage control.Stage, kind control.Kind, format string, a ...any) {
+	o.log.Emit(control.Message{Stage: stage, Kind: kind, Message: fmt.Sprintf(format, a...)})
 }
 
 // hookEnv is the DEPLOY_* environment of a hook.
@@ -39,19 +40,19 @@ func (d *daemon) hookEnv(o *op, id, prev, errText string) []string {
 	return env
 }
 
-func (d *daemon) runHooks(ctx context.Context, o *op, stage string, cmds [][]string, id, prev, errText string) error {
+func (d *daemon) runHooks(ctx context.Context, o *op, stage control.Stage, cmds [][]string, id, prev, errText string) error {
 	if len(cmds) == 0 {
-		if found, err := hooks.Find(d.store.Dir(id), stage); err == nil && len(found) == 0 {
+		if found, err := hooks.Find(d.store.Dir(id), string(stage)); err == nil && len(found) == 0 {
 			return nil // nothing to run: say nothing
 		}
 	}
-	d.emit(o, stage, "start", "running hooks in releases/%s", id)
+	d.emit(o, stage, control.KindStart, "running hooks in releases/%s", id)
 	err := d.hooks.Run(ctx, hooks.Run{
-		Stage: stage, Dir: d.store.Dir(id), Commands: cmds, Env: d.hookEnv(o, id, prev, errText),
-		Output: func(line string) { o.log.emit(Message{Stage: stage, Kind: "output", Message: line}) },
+		Stage: string(stage), Dir: d.store.Dir(id), Commands: cmds, Env: d.hookEnv(o, id, prev, errText),
+		Output: func(line string) { o.log.Emit(control.Message{Stage: stage, Kind: control.KindOutput, Message: line}) },
 	})
 	if err == nil {
-		d.emit(o, stage, "done", "hooks done")
+		d.emit(o, stage, control.KindDone, "hooks done")
 	}
 	return err
 }
@@ -75,35 +76,46 @@ func (d *daemon) reloadTo(ctx context.Context, o *op, id string) (*cluster.Reloa
 func (d *daemon) reloadOnce(ctx context.Context, o *op, id string) (*cluster.ReloadResult, error) {
 	var mu sync.Mutex
 	ready := map[int]int{} // generation -> workers ready
-	d.emit(o, "reload", "start", "starting %d workers in releases/%s (readiness %s, timeout %s)", d.cfg.App.Workers, id, d.cfg.Readiness.Mode, d.cfg.Readiness.Timeout)
+	d.emit(o, control.StageReload, control.KindStart, "starting %d workers in releases/%s (readiness %s, timeout %s)", d.cfg.App.Workers, id, d.cfg.Readiness.Mode, d.cfg.Readiness.Timeout)
 	res, err := d.master.Reload(ctx, cluster.GenerationSpec{Dir: d.store.Dir(id), ReleaseID: id, Root: d.store.Root()}, func(ev cluster.ReloadEvent) {
 		mu.Lock()
 		defer mu.Unlock()
-		w := ev.Worker
-		m := Message{Time: ev.Time, Stage: "reload", Kind: "worker", Worker: &w, PID: ev.PID}
-		switch ev.Kind {
-		case "worker-started":
-			m.Message = fmt.Sprintf("generation %d: worker %d started (pid %d)", ev.Generation, ev.Worker, ev.PID)
-		case "worker-ready":
-			ready[ev.Generation]++
-			m.Message = fmt.Sprintf("generation %d: %d/%d workers ready", ev.Generation, ready[ev.Generation], d.cfg.App.Workers)
-		case "worker-exited":
-			m.Message = fmt.Sprintf("generation %d: worker %d (pid %d) exited: %s", ev.Generation, ev.Worker, ev.PID, ev.Message)
-		default:
-			m.Kind = "step"
-			m.Worker = nil
-			m.Message = fmt.Sprintf("generation %d: %s", ev.Generation, ev.Kind)
-			if ev.Message != "" && ev.Kind != "failed" { // a failure's details come with the result
-				m.Message += ": " + ev.Message
-			}
-		}
-		o.log.emit(m)
+		o.log.Emit(d.reloadMessage(ev, ready))
 	})
 	if err == nil {
-		d.emit(o, "reload", "done", "generation %d serving releases/%s: ready after %s, old generation retired after %s",
+		d.emit(o, control.StageReload, control.KindDone, "generation %d serving releases/%s: ready after %s, old generation retired after %s",
 			res.Generation, id, fmtDur(res.ReadyAfter), fmtDur(res.RetiredAfter))
 	}
 	return res, err
+}
+
+// reloadMessage is the event of a cluster reload event; ready counts the
+// ready workers per generation.
+func (d *daemon) reloadMessage(ev cluster.ReloadEvent, ready map[int]int) control.Message {
+	w := ev.Worker
+	m := control.Message{Time: ev.Time, Stage: control.StageReload, Kind: control.KindWorker, Worker: &w, PID: ev.PID}
+	switch ev.Kind {
+	case cluster.EventWorkerStarted:
+		m.Message = fmt.Sprintf("generation %d: worker %d started (pid %d)", ev.Generation, ev.Worker, ev.PID)
+		return m
+	case cluster.EventWorkerReady:
+		ready[ev.Generation]++
+		m.Message = fmt.Sprintf("generation %d: %d/%d workers ready", ev.Generation, ready[ev.Generation], d.cfg.App.Workers)
+		return m
+	case cluster.EventWorkerExited:
+		m.Message = fmt.Sprintf("generation %d: worker %d (pid %d) exited: %s", ev.Generation, ev.Worker, ev.PID, ev.Message)
+		return m
+	case cluster.EventQuorum, cluster.EventProbation, cluster.EventRetiring, cluster.EventDraining,
+		cluster.EventRescue, cluster.EventRetired, cluster.EventFailed:
+	default:
+		d.log.Warn("Unknown reload event kind: shown as a step", "kind", ev.Kind)
+	}
+	m.Kind, m.Worker = control.KindStep, nil
+	m.Message = fmt.Sprintf("generation %d: %s", ev.Generation, ev.Kind)
+	if ev.Message != "" && ev.Kind != cluster.EventFailed { // a failure's details come with the result
+		m.Message += ": " + ev.Message
+	}
+	return m
 }
 
 // reloadErr describes a failed reload in one line; the per-worker details
@@ -116,14 +128,14 @@ func reloadErr(err error) error {
 	return fmt.Errorf("new workers did not take over: generation %d (release %s): %w after %s", re.Generation, re.ReleaseID, re.Cause, fmtDur(re.After))
 }
 
-func failuresOf(err error) []WorkerVerdict {
+func failuresOf(err error) []control.WorkerVerdict {
 	var re *cluster.ReloadError
 	if !errors.As(err, &re) {
 		return nil
 	}
-	out := make([]WorkerVerdict, 0, len(re.Workers))
+	out := make([]control.WorkerVerdict, 0, len(re.Workers))
 	for _, w := range re.Workers {
-		out = append(out, WorkerVerdict{Worker: w.Worker, PID: w.PID, ExitStatus: w.ExitStatus, Verdict: w.Verdict, LastLines: w.LastLines})
+		out = append(out, control.WorkerVerdict{Worker: w.Worker, PID: w.PID, ExitStatus: w.ExitStatus, Verdict: w.Verdict, LastLines: w.LastLines})
 	}
 	return out
 }
@@ -136,7 +148,7 @@ func (d *daemon) record(o *op, ev release.Event) {
 	ev.Duration = time.Since(o.started)
 	if err := d.store.Record(ev); err != nil {
 		d.log.Error("Cannot record history", "err", err)
-		d.emit(o, "record", "warn", "history not recorded: %v", err)
+		d.emit(o, control.StageRecord, control.KindWarn, "history not recorded: %v", err)
 	}
 }
 
@@ -152,11 +164,11 @@ func (d *daemon) protected() []string {
 func (d *daemon) prune(o *op) {
 	removed, err := d.store.Prune(d.cfg.KeepReleases, d.protected()...)
 	if err != nil {
-		d.emit(o, "prune", "warn", "%v", err)
+		d.emit(o, control.StagePrune, control.KindWarn, "%v", err)
 		return
 	}
 	if len(removed) > 0 {
-		d.emit(o, "prune", "done", "removed %s (keeping %d)", strings.Join(removed, ", "), d.cfg.KeepReleases)
+		d.emit(o, control.StagePrune, control.KindDone, "removed %s (keeping %d)", strings.Join(removed, ", "), d.cfg.KeepReleases)
 	}
 }
 
@@ -177,19 +189,61 @@ func contains(l []string, s string) bool {
 	return false
 }
 
+// switchTo makes release id serve in place of prev: current points at id
+// and a generation starts on it. With a previous release, current switches
+// first and, if the reload fails, points back at prev, whose workers never
+// stopped (restored names it; "" when pointing back failed). With none,
+// current is created only once id's workers serve, so a failed first
+// deploy leaves no current at all. A failed reload is a *reloadFailed; any
+// other error is current's.
+func (d *daemon) switchTo(ctx context.Context, o *op, id, prev string) (restored string, err error) {
+	if prev != "" {
+		if err := d.activate(o, id, prev); err != nil {
+			return "", err
+		}
+	}
+	if _, err := d.reloadTo(ctx, o, id); err != nil {
+		if prev != "" {
+			restored = d.restore(o, prev)
+		}
+		return restored, &reloadFailed{err}
+	}
+	if prev == "" {
+		return "", d.activate(o, id, prev)
+	}
+	return "", nil
+}
+
+// reloadFailed is a switch whose new workers did not take over: on-failure
+// hooks are due, and the cause may carry each worker's verdict
+// (failuresOf).
+type reloadFailed struct{ err error }
+
+func (e *reloadFailed) Error() string { return e.err.Error() }
+func (e *reloadFailed) Unwrap() error { return e.err }
+
+// activate points current at id.
+func (d *daemon) activate(o *op, id, prev string) error {
+	if err := d.store.Activate(id); err != nil {
+		return err
+	}
+	if prev == "" {
+		d.emit(o, control.StageActivate, control.KindDone, "current -> releases/%s", id)
+	} else {
+		d.emit(o, control.StageActivate, control.KindDone, "current -> releases/%s (was %s)", id, prev)
+	}
+	return nil
+}
+
 // restore points current back at prev after a failed switch. The old
 // generation was never stopped, so no reload is needed.
 func (d *daemon) restore(o *op, prev string) string {
-	if prev == "" {
-		d.emit(o, "restore", "warn", "there was no previous release to restore")
-		return ""
-	}
 	if err := d.store.Activate(prev); err != nil {
-		d.emit(o, "restore", "warn", "cannot point current back at %s: %v", prev, err)
+		d.emit(o, control.StageRestore, control.KindWarn, "cannot point current back at %s: %v", prev, err)
 		d.log.Error("Cannot restore current", "release", prev, "err", err)
 		return ""
 	}
-	d.emit(o, "restore", "done", "current -> releases/%s again; its workers kept serving", prev)
+	d.emit(o, control.StageRestore, control.KindDone, "current -> releases/%s again; its workers kept serving", prev)
 	return prev
 }
 
@@ -197,251 +251,96 @@ func (d *daemon) onFailure(ctx context.Context, o *op, id, prev, errText string)
 	if ctx.Err() != nil {
 		// The agent is stopping: do not hold the shutdown for up to
 		// hooks.timeout.
-		d.emit(o, "on-failure", "warn", "skipped: the agent is shutting down")
+		d.emit(o, control.StageOnFailure, control.KindWarn, "skipped: the agent is shutting down")
 		return
 	}
-	if err := d.runHooks(ctx, o, "on-failure", d.cfg.Hooks.OnFailure, id, prev, errText); err != nil {
-		d.emit(o, "on-failure", "warn", "%v", err)
+	if err := d.runHooks(ctx, o, control.StageOnFailure, d.cfg.Hooks.OnFailure, id, prev, errText); err != nil {
+		d.emit(o, control.StageOnFailure, control.KindWarn, "%v", err)
 	}
 }
 
-func (d *daemon) deploy(ctx context.Context, o *op) Message {
-	id := o.req.ID
-	url := release.RedactURL(o.req.URL)
+// rollback switches back to --to, or to the newest release that served
+// before current, then runs the post-rollback hooks.
+func (d *daemon) rollback(ctx context.Context, o *op) control.Message {
 	prev := currentOrEmpty(d.store)
-	ev := release.Event{Op: opDeploy, ID: id, From: prev, URL: url}
-	fail := func(code, result string, err error, restored string, failures []WorkerVerdict) Message {
-		ev.Result, ev.Error = result, err.Error()
+	target, res, ok := d.rollbackTarget(o, prev)
+	if !ok {
+		return res
+	}
+	o.req.ID = target
+	ev := release.Event{Op: control.OpRollback, ID: target, From: prev}
+	restored, err := d.switchTo(ctx, o, target, prev)
+	if err != nil {
+		ev.Result, ev.Error = release.ResultFailed, err.Error()
+		res := control.Message{Code: control.CodeFailed, ID: target, From: prev, Error: err.Error()}
+		if rf := (*reloadFailed)(nil); errors.As(err, &rf) {
+			d.onFailure(ctx, o, target, prev, err.Error())
+			res.Error, res.Restored, res.Failures = reloadErr(err).Error(), restored, failuresOf(err)
+		}
 		d.record(o, ev)
-		return Message{Code: code, ID: id, From: prev, Error: err.Error(), Restored: restored, Failures: failures}
+		return res
 	}
-
-	existing, err := d.store.Releases()
-	if err != nil {
-		return fail(codeInternal, "failed", err, "", nil)
+	if err := d.runHooks(ctx, o, control.StagePostRollback, d.cfg.Hooks.PostRollback, target, prev, ""); err != nil {
+		d.emit(o, control.StagePostRollback, control.KindWarn, "%v", err)
 	}
-	existed := contains(existing, id)
-	if existed && id != prev {
-		prepared, err := d.prepared(id)
-		if err != nil {
-			return fail(codeInternal, "failed", err, "", nil)
-		}
-		if !prepared {
-			// Left by a deploy that never reached the swap (the agent was
-			// killed): its link step or pre-activate hooks may not have
-			// finished. Start over from a fresh fetch.
-			if err := d.store.Remove(id); err != nil {
-				return fail(codeInternal, "failed", err, "", nil)
-			}
-			d.emit(o, "cleanup", "done", "removed releases/%s, left by an interrupted deploy", id)
-			existed = false
-		}
-	}
-
-	d.emit(o, "fetch", "start", "%s -> releases/%s", url, id)
-	var last time.Time
-	fetched, err := d.store.Fetch(ctx, release.FetchRequest{URL: o.req.URL, ID: id, Force: existed, Progress: func(done, total int64) {
-		if now := time.Now(); now.Sub(last) >= 100*time.Millisecond || (total > 0 && done == total) {
-			last = now
-			o.log.emit(Message{Stage: "fetch", Kind: "progress", Done: done, Total: total})
-		}
-	}})
-	if err != nil {
-		code := codeFailed
-		switch {
-		case errors.Is(err, release.ErrInvalidID):
-			code = codeUsage
-		case errors.Is(err, release.ErrExists):
-			code = codeUsage
-		}
-		return fail(code, "refused", err, "", nil)
-	}
-	id = fetched
-	if existed && id == prev {
-		d.emit(o, "fetch", "done", "releases/%s is already current with identical content: nothing to do", id)
-		return Message{Code: codeOK, ID: id, From: prev}
-	}
-	d.emit(o, "fetch", "done", "releases/%s ready (%s)", id, time.Since(o.since).Round(time.Millisecond))
-
-	if !existed {
-		if len(d.cfg.Linked) > 0 {
-			if err := d.store.Link(id, d.cfg.Linked); err != nil {
-				d.removeRelease(o, id)
-				return fail(codeFailed, "refused", err, "", nil)
-			}
-			d.emit(o, "link", "done", "linked %s from shared/", strings.Join(d.cfg.Linked, ", "))
-		}
-		if err := d.runHooks(ctx, o, "pre-activate", d.cfg.Hooks.PreActivate, id, prev, ""); err != nil {
-			d.onFailure(ctx, o, id, prev, err.Error()) // in the release dir, before it goes
-			d.removeRelease(o, id)
-			return fail(codeFailed, "refused", err, "", nil)
-		}
-	}
-
-	// With a previous release, current switches before the reload and
-	// points back if it fails. The first deploy has nothing to point back
-	// to: current is created only once its workers serve, so a failed first
-	// deploy leaves no current at all.
-	first := prev == ""
-	activate := func() error {
-		if err := d.store.Activate(id); err != nil {
-			return err
-		}
-		d.emit(o, "activate", "done", "current -> releases/%s", id)
-		return nil
-	}
-	if !first {
-		if err := activate(); err != nil {
-			return fail(codeFailed, "failed", err, "", nil)
-		}
-	}
-	if _, err := d.reloadTo(ctx, o, id); err != nil {
-		restored := ""
-		if !first {
-			restored = d.restore(o, prev)
-		}
-		d.onFailure(ctx, o, id, prev, err.Error())
-		return fail(codeFailed, "failed", reloadErr(err), restored, failuresOf(err))
-	}
-	if first {
-		if err := activate(); err != nil {
-			// The workers serve, but a restarted agent would not know
-			// which release: report it, the operator redeploys.
-			return fail(codeFailed, "failed", err, "", nil)
-		}
-	}
-
-	if err := d.runHooks(ctx, o, "post-deploy", d.cfg.Hooks.PostDeploy, id, prev, ""); err != nil {
-		if d.cfg.Hooks.PostDeployFailure == "warn" || prev == "" {
-			d.emit(o, "post-deploy", "warn", "%v (post_deploy_failure = %q: keeping %s)", err, d.cfg.Hooks.PostDeployFailure, id)
-		} else {
-			d.emit(o, "rollback", "start", "post-deploy failed: rolling back to %s", prev)
-			restored := ""
-			if aerr := d.store.Activate(prev); aerr != nil {
-				d.emit(o, "rollback", "warn", "cannot point current back at %s: %v", prev, aerr)
-			} else if _, rerr := d.reloadTo(context.WithoutCancel(ctx), o, prev); rerr != nil {
-				d.emit(o, "rollback", "warn", "reload of %s failed: %v", prev, rerr)
-				// current names prev, but the new workers still serve.
-				if aerr := d.store.Activate(id); aerr == nil {
-					d.emit(o, "rollback", "warn", "current -> releases/%s again, whose workers serve", id)
-				}
-			} else {
-				restored = prev
-			}
-			d.onFailure(ctx, o, id, prev, err.Error())
-			res := fail(codeFailed, "rolled-back", err, restored, nil)
-			if restored == "" {
-				res.Restored = ""
-			}
-			return res
-		}
-	}
-
-	ev.Result = "ok"
+	ev.Result = release.ResultOK
 	d.record(o, ev)
-	d.prune(o)
-	return Message{Code: codeOK, ID: id, From: prev}
+	return control.Message{Code: control.CodeOK, ID: target, From: prev}
 }
 
-// prepared reports whether release id went through its link step and
-// pre-activate hooks: it was activated at least once (any history entry
-// past the fetch), or current names it.
-func (d *daemon) prepared(id string) (bool, error) {
-	if currentOrEmpty(d.store) == id {
-		return true, nil
-	}
-	h, err := d.store.History()
-	if err != nil {
-		return false, err
-	}
-	for _, ev := range h {
-		if ev.ID == id && ev.Result != "refused" {
-			return true, nil
-		}
-	}
-	return false, nil
-}
-
-func (d *daemon) removeRelease(o *op, id string) {
-	if err := d.store.Remove(id); err != nil {
-		d.emit(o, "cleanup", "warn", "cannot remove releases/%s: %v", id, err)
-		return
-	}
-	d.emit(o, "cleanup", "done", "removed releases/%s; nothing changed", id)
-}
-
-func (d *daemon) rollback(ctx context.Context, o *op) Message {
-	prev := currentOrEmpty(d.store)
-	target := o.req.To
+// rollbackTarget is --to, or the newest release that served before prev;
+// it must be on disk. ok is false with the result when there is none.
+func (d *daemon) rollbackTarget(o *op, prev string) (target string, res control.Message, ok bool) {
+	target = o.req.To
 	if target == "" {
 		t, err := d.store.RollbackTarget()
 		if err != nil {
-			code := codeInternal
+			code := control.CodeInternal
 			if errors.Is(err, release.ErrNoRollbackTarget) {
-				code = codeNotFound
+				code = control.CodeNotFound
 			}
-			return Message{Code: code, From: prev, Error: err.Error()}
+			return "", control.Message{Code: code, From: prev, Error: err.Error()}, false
 		}
 		target = t
 	}
-	o.req.ID = target
-	ev := release.Event{Op: opRollback, ID: target, From: prev}
 	rels, err := d.store.Releases()
 	if err != nil {
-		return Message{Code: codeInternal, ID: target, From: prev, Error: err.Error()}
+		return "", control.Message{Code: control.CodeInternal, ID: target, From: prev, Error: err.Error()}, false
 	}
 	if !contains(rels, target) {
-		return Message{Code: codeNotFound, ID: target, From: prev, Error: fmt.Sprintf("release %s is not on disk (have: %s)", target, strings.Join(rels, ", "))}
+		return "", control.Message{Code: control.CodeNotFound, ID: target, From: prev, Error: fmt.Sprintf("release %s is not on disk (have: %s)", target, strings.Join(rels, ", "))}, false
 	}
-	if err := d.store.Activate(target); err != nil {
-		ev.Result, ev.Error = "failed", err.Error()
-		d.record(o, ev)
-		return Message{Code: codeFailed, ID: target, From: prev, Error: err.Error()}
-	}
-	d.emit(o, "activate", "done", "current -> releases/%s (was %s)", target, orDash(prev))
-	if _, err := d.reloadTo(ctx, o, target); err != nil {
-		restored := d.restore(o, prev)
-		d.onFailure(ctx, o, target, prev, err.Error())
-		ev.Result, ev.Error = "failed", err.Error()
-		d.record(o, ev)
-		return Message{Code: codeFailed, ID: target, From: prev, Error: reloadErr(err).Error(), Restored: restored, Failures: failuresOf(err)}
-	}
-	if err := d.runHooks(ctx, o, "post-rollback", d.cfg.Hooks.PostRollback, target, prev, ""); err != nil {
-		d.emit(o, "post-rollback", "warn", "%v", err)
-	}
-	ev.Result = "ok"
-	d.record(o, ev)
-	return Message{Code: codeOK, ID: target, From: prev}
+	return target, control.Message{}, true
 }
 
-func (d *daemon) reload(ctx context.Context, o *op) Message {
+func (d *daemon) reload(ctx context.Context, o *op) control.Message {
 	cur, err := d.store.Current()
 	if err != nil {
-		code := codeInternal
+		code := control.CodeInternal
 		if errors.Is(err, release.ErrNoCurrent) {
-			code = codeNotFound
+			code = control.CodeNotFound
 		}
-		return Message{Code: code, Error: err.Error()}
+		return control.Message{Code: code, Error: err.Error()}
 	}
 	o.req.ID = cur
-	ev := release.Event{Op: opReload, ID: cur, From: cur}
+	ev := release.Event{Op: control.OpReload, ID: cur, From: cur}
 	if _, err := d.reloadTo(ctx, o, cur); err != nil {
 		if o.first && ctx.Err() == nil {
 			if res, ok := d.recoverInterrupted(ctx, o, cur, err); ok {
 				return res
 			}
 		}
-		ev.Result, ev.Error = "failed", err.Error()
+		ev.Result, ev.Error = release.ResultFailed, err.Error()
 		d.record(o, ev)
 		// The previous generation (if any) keeps serving.
-		return Message{Code: codeFailed, ID: cur, Error: reloadErr(err).Error(), Failures: failuresOf(err)}
+		return control.Message{Code: control.CodeFailed, ID: cur, Error: reloadErr(err).Error(), Failures: failuresOf(err)}
 	}
 	if o.first {
 		d.recordRecovered(cur)
 	}
-	ev.Result = "ok"
+	ev.Result = release.ResultOK
 	d.record(o, ev)
-	return Message{Code: codeOK, ID: cur, From: cur}
+	return control.Message{Code: control.CodeOK, ID: cur, From: cur}
 }
 
 // recordRecovered records the deploy of cur as done when cur has never
@@ -455,16 +354,14 @@ func (d *daemon) recordRecovered(cur string) {
 		return // reported where the history is read for status
 	}
 	for _, ev := range h {
-		if ev.ID == cur && ev.Result == "ok" {
+		if ev.ID == cur && ev.Result == release.ResultOK {
 			return
 		}
 	}
 	d.log.Warn("Completed a deploy the agent's death interrupted after the swap; its post-deploy hooks did not run", "release", cur)
-	ev := release.Event{Time: time.Now(), Op: opDeploy, ID: cur, Result: "ok",
+	ev := release.Event{Time: time.Now(), Op: control.OpDeploy, ID: cur, Result: release.ResultOK,
 		Error: "completed at the agent's restart after an interruption; post-deploy hooks did not run"}
-	if err := d.store.Record(ev); err != nil {
-		d.log.Error("Cannot record history", "err", err)
-	}
+	d.recordNow(ev)
 }
 
 // recoverInterrupted handles a first generation that failed on a release
@@ -473,35 +370,36 @@ func (d *daemon) recordRecovered(cur string) {
 // back to the rollback target, as the deploy would have; ok is false (and
 // current unchanged) when there is no proven release to go back to, or it
 // does not come up either.
-func (d *daemon) recoverInterrupted(ctx context.Context, o *op, cur string, cause error) (Message, bool) {
+func (d *daemon) recoverInterrupted(ctx context.Context, o *op, cur string, cause error) (control.Message, bool) {
 	h, err := d.store.History()
 	if err != nil {
-		return Message{}, false
+		return control.Message{}, false
 	}
 	for _, ev := range h {
-		if ev.ID == cur && ev.Result == "ok" {
-			return Message{}, false // it served before: a plain failed reload
+		if ev.ID == cur && ev.Result == release.ResultOK {
+			return control.Message{}, false // it served before: a plain failed reload
 		}
 	}
 	target, err := d.store.RollbackTarget()
 	if err != nil || target == cur {
-		return Message{}, false
+		return control.Message{}, false
 	}
 	d.log.Warn("Current release never served and does not come up: its deploy was interrupted; going back", "current", cur, "to", target, "err", cause)
 	now := time.Now()
-	d.store.Record(release.Event{Time: now, Op: opDeploy, ID: cur, Result: "failed",
+	d.recordNow(release.Event{Time: now, Op: control.OpDeploy, ID: cur, Result: release.ResultFailed,
 		Error: "interrupted: the agent stopped before its workers were ready, and they did not get ready after the restart: " + cause.Error()})
-	if err := d.store.Activate(target); err != nil {
-		d.log.Error("Cannot point current back", "release", target, "err", err)
-		return Message{}, false
+	if _, err := d.switchTo(ctx, o, target, cur); err != nil {
+		d.log.Error("Cannot go back to the rollback target", "release", target, "err", err)
+		return control.Message{}, false
 	}
-	if _, err := d.reloadTo(ctx, o, target); err != nil {
-		d.log.Error("The rollback target does not come up either", "release", target, "err", err)
-		if err := d.store.Activate(cur); err != nil {
-			d.log.Error("Cannot point current back", "release", cur, "err", err)
-		}
-		return Message{}, false
+	d.recordNow(release.Event{Time: now, Op: control.OpRollback, ID: target, From: cur, Result: release.ResultOK, Duration: time.Since(now)})
+	return control.Message{Code: control.CodeOK, ID: target, From: cur}, true
+}
+
+// recordNow records ev outside an operation's own entry (record); a
+// failure is logged.
+func (d *daemon) recordNow(ev release.Event) {
+	if err := d.store.Record(ev); err != nil {
+		d.log.Error("Cannot record history", "op", ev.Op, "release", ev.ID, "err", err)
 	}
-	d.store.Record(release.Event{Time: now, Op: opRollback, ID: target, From: cur, Result: "ok", Duration: time.Since(now)})
-	return Message{Code: codeOK, ID: target, From: cur}, true
 }

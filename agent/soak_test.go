@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/handoff/handoff/control"
 	"github.com/handoff/handoff/loadgen"
 
 	"github.com/handoff/handoff/internal/proctest"
@@ -40,8 +41,8 @@ func TestSoak_deploys(t *testing.T) {
 	deploy := func(i int) {
 		t.Helper()
 		id := "s" + strconv.Itoa(i)
-		res, err := call(s.sock, Request{Op: opDeploy, ID: id, URL: url}, nil)
-		if err != nil || res.Code != codeOK {
+		res, err := control.Call(s.sock, control.Request{Op: control.OpDeploy, ID: id, URL: url}, nil)
+		if err != nil || res.Code != control.CodeOK {
 			t.Fatalf("deploy %d: %v %+v", i, err, res)
 		}
 	}

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/handoff/handoff/cluster"
+	"github.com/handoff/handoff/control"
 	"github.com/handoff/handoff/release"
 )
 
@@ -31,19 +32,19 @@ func (d *daemon) statusLine() string {
 	return fmt.Sprintf("serving %s with %d/%d workers ready", cur, n, d.cfg.App.Workers)
 }
 
-func historyEntries(h []release.Event) []HistoryEntry {
-	out := make([]HistoryEntry, 0, len(h))
+func historyEntries(h []release.Event) []control.HistoryEntry {
+	out := make([]control.HistoryEntry, 0, len(h))
 	for _, e := range h {
-		out = append(out, HistoryEntry{Time: e.Time, Op: e.Op, ID: e.ID, From: e.From, URL: e.URL, Result: e.Result, Error: e.Error, DurationNS: int64(e.Duration)})
+		out = append(out, control.HistoryEntry{Time: e.Time, Op: e.Op, ID: e.ID, From: e.From, URL: e.URL, Result: string(e.Result), Error: e.Error, DurationNS: int64(e.Duration)})
 	}
 	return out
 }
 
 const lastDeploys = 10
 
-func (d *daemon) status() *StatusDoc {
-	st := &StatusDoc{Root: d.store.Root(), Socket: d.cfg.Control.Socket, PID: os.Getpid(), Version: agentVersion(),
-		Uptime: time.Since(d.start).Seconds(), Listen: d.socks.Addrs(), Generations: []GenerationDoc{}, LastDeploys: []HistoryEntry{}}
+func (d *daemon) status() *control.StatusDoc {
+	st := &control.StatusDoc{Root: d.store.Root(), Socket: d.cfg.Control.Socket, PID: os.Getpid(), Version: agentVersion(),
+		Uptime: time.Since(d.start).Seconds(), Listen: d.socks.Addrs(), Generations: []control.GenerationDoc{}, LastDeploys: []control.HistoryEntry{}}
 	cur, err := d.store.Current()
 	if err == nil {
 		st.Current = cur
@@ -56,9 +57,9 @@ func (d *daemon) status() *StatusDoc {
 	d.lostStatusLocked(st)
 	d.mu.Unlock()
 	for _, g := range d.master.Status().Generations {
-		gd := GenerationDoc{ID: g.ID, ReleaseID: g.ReleaseID, Dir: g.Dir, State: g.State, Workers: []WorkerDoc{}}
+		gd := control.GenerationDoc{ID: g.ID, ReleaseID: g.ReleaseID, Dir: g.Dir, State: g.State, Workers: []control.WorkerDoc{}}
 		for _, w := range g.Workers {
-			gd.Workers = append(gd.Workers, WorkerDoc{ID: w.ID, PID: w.PID, State: w.State, Restarts: w.Restarts, Uptime: w.Uptime.Seconds(), LastExit: w.LastExit, Backoff: w.Backoff.Seconds()})
+			gd.Workers = append(gd.Workers, control.WorkerDoc{ID: w.ID, PID: w.PID, State: w.State, Restarts: w.Restarts, Uptime: w.Uptime.Seconds(), LastExit: w.LastExit, Backoff: w.Backoff.Seconds()})
 		}
 		st.Generations = append(st.Generations, gd)
 	}

@@ -28,7 +28,9 @@ import (
 	"syscall"
 	"time"
 
+	sddaemon "github.com/coreos/go-systemd/v22/daemon"
 	"github.com/handoff/handoff/cluster"
+	"github.com/handoff/handoff/control"
 )
 
 // earlySignals catches, in an agent started by an upgrade, the signals that
@@ -138,7 +140,7 @@ func (d *daemon) newMaster(cfg cluster.Config, socks *cluster.Sockets) (*cluster
 // (a new path in the config replaces it).
 func (d *daemon) listenControl(path string, gid int) (*net.UnixListener, error) {
 	if !d.up.resumed {
-		return listenControl(path, gid, d.log)
+		return control.Listen(path, gid, d.log)
 	}
 	files, state := cluster.InheritedFiles()
 	var st upgradeState
@@ -157,7 +159,7 @@ func (d *daemon) listenControl(path string, gid int) (*net.UnixListener, error) 
 	}
 	if f == nil {
 		d.log.Warn("No control socket in the handover: listening anew")
-		return listenControl(path, gid, d.log)
+		return control.Listen(path, gid, d.log)
 	}
 	l, err := net.FileListener(f)
 	f.Close()
@@ -173,7 +175,7 @@ func (d *daemon) listenControl(path string, gid int) (*net.UnixListener, error) 
 	if got := ln.Addr().String(); got != path {
 		d.log.Info("Control socket moved by the config", "from", got, "to", path)
 		ln.Close()
-		return listenControl(path, gid, d.log)
+		return control.Listen(path, gid, d.log)
 	}
 	return ln, nil
 }
@@ -191,7 +193,7 @@ func (d *daemon) upgradeOnSignal(ctx context.Context, ln *net.UnixListener) {
 // failure; then nothing changed. While it runs, operations are refused as
 // busy.
 func (d *daemon) upgrade(ctx context.Context, ln *net.UnixListener) error {
-	o := &op{req: Request{Op: opUpgrade}, since: time.Now(), started: time.Now(), log: newOpLog()}
+	o := &op{req: control.Request{Op: opUpgrade}, since: time.Now(), started: time.Now(), log: control.NewLog()}
 	d.mu.Lock()
 	switch {
 	case d.stopping:
@@ -205,7 +207,7 @@ func (d *daemon) upgrade(ctx context.Context, ln *net.UnixListener) error {
 	d.running = o
 	d.mu.Unlock()
 	defer func() {
-		o.log.finish(Message{Code: codeOK, Op: opUpgrade})
+		o.log.Finish(control.Message{Code: control.CodeOK, Op: opUpgrade})
 		d.mu.Lock()
 		defer d.mu.Unlock()
 		d.doneLocked(ctx)
@@ -222,7 +224,7 @@ func (d *daemon) upgrade(ctx context.Context, ln *net.UnixListener) error {
 	st := d.up.state
 	st.From = agentVersion()
 	state, _ := json.Marshal(st)
-	notify(d.log, "RELOADING=1\nSTATUS=upgrading the agent in place")
+	notify(d.log, sddaemon.SdNotifyReloading, sdStatus+"upgrading the agent in place")
 	err = d.master.Upgrade(ctx, st.Binary, os.Args, map[string]*os.File{controlFile: f}, state)
 	d.markReady(d.statusLine())
 	return err

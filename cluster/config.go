@@ -1,3 +1,5 @@
+//go:build linux
+
 package cluster
 
 import (
@@ -89,21 +91,35 @@ type Config struct {
 	OnSocketLost func(l SocketLost)
 }
 
+// Defaults of Config (with DefaultRescueLinger and DefaultListenCheck), in
+// one place: the agent's config file defaults to them.
+const (
+	DefaultStopSignal   = syscall.SIGTERM
+	DefaultDrainTimeout = 30 * time.Second
+	DefaultReadyTimeout = 60 * time.Second // Readiness.Timeout
+	DefaultReadyDelay   = 2 * time.Second  // Readiness.Delay
+	DefaultBackoffMin   = 100 * time.Millisecond
+	DefaultBackoffMax   = 30 * time.Second
+)
+
+// DefaultWorkers is Config.Workers's default: the number of CPUs.
+func DefaultWorkers() int { return runtime.NumCPU() }
+
 func (c Config) withDefaults() (Config, error) {
 	if len(c.Command) == 0 || c.Command[0] == "" {
 		return c, fmt.Errorf("%w: empty command", ErrInvalidConfig)
 	}
 	if c.Workers == 0 {
-		c.Workers = runtime.NumCPU()
+		c.Workers = DefaultWorkers()
 	}
 	if c.Workers < 0 {
 		return c, fmt.Errorf("%w: workers %d", ErrInvalidConfig, c.Workers)
 	}
 	if c.StopSignal == 0 {
-		c.StopSignal = syscall.SIGTERM
+		c.StopSignal = DefaultStopSignal
 	}
 	if c.DrainTimeout == 0 {
-		c.DrainTimeout = 30 * time.Second
+		c.DrainTimeout = DefaultDrainTimeout
 	}
 	if c.DrainTimeout < 0 {
 		return c, fmt.Errorf("%w: drain timeout %s", ErrInvalidConfig, c.DrainTimeout)
@@ -124,10 +140,10 @@ func (c Config) withDefaults() (Config, error) {
 		return c, fmt.Errorf("%w: readiness mode %q (want listen, notify or delay)", ErrInvalidConfig, r.Mode)
 	}
 	if r.Timeout == 0 {
-		r.Timeout = 60 * time.Second
+		r.Timeout = DefaultReadyTimeout
 	}
 	if r.Delay == 0 {
-		r.Delay = 2 * time.Second
+		r.Delay = DefaultReadyDelay
 	}
 	if r.Timeout < 0 || r.Delay < 0 || r.Probation < 0 {
 		return c, fmt.Errorf("%w: negative readiness duration", ErrInvalidConfig)
@@ -144,10 +160,10 @@ func (c Config) withDefaults() (Config, error) {
 		return c, fmt.Errorf("%w: quorum %d with %d workers", ErrInvalidConfig, r.Quorum, c.Workers)
 	}
 	if c.BackoffMin == 0 {
-		c.BackoffMin = 100 * time.Millisecond
+		c.BackoffMin = DefaultBackoffMin
 	}
 	if c.BackoffMax == 0 {
-		c.BackoffMax = 30 * time.Second
+		c.BackoffMax = DefaultBackoffMax
 	}
 	if c.BackoffMin < 0 || c.BackoffMax < c.BackoffMin {
 		return c, fmt.Errorf("%w: backoff %s..%s", ErrInvalidConfig, c.BackoffMin, c.BackoffMax)

@@ -1,3 +1,5 @@
+//go:build linux
+
 // Package cluster runs an application as generations of worker processes on
 // listening sockets that the master holds for its whole life: Node's cluster
 // module, outside the application and for any language that can serve on an
@@ -88,6 +90,19 @@
 // Callers: call RunShimIfRequested first thing in main, then run the rest
 // under RunMain; when Upgraded reports true, call ResumeSockets and
 // ResumeMaster instead of OpenSockets and NewMaster. Call Shutdown, then
-// Sockets.Close; Reload is refused (ErrBusy) while another one runs, so
-// queue reloads above this package if you want them queued.
+// Sockets.Close; Reload is refused (ErrBusy) while another Reload or an
+// Upgrade runs, so queue reloads above this package if you want them queued.
+//
+// Importing the package runs two init functions. One locks the main
+// goroutine to the main thread (runtime.LockOSThread), so that RunMain can
+// make that thread the spawner: a worker's Pdeathsig follows the thread
+// that started it, and only the main thread survives an execve. The other,
+// in a program started by Upgrade only ($HANDOFF_UPGRADE set), clears
+// that variable, sets close-on-exec again on every inherited descriptor
+// above 2 (the handover passed them without it) before anything can start
+// a child, and reads the handover document that Upgraded, ResumeSockets
+// and ResumeMaster then use.
+//
+// Master's locks say what they guard and the order they are taken in, next
+// to the struct.
 package cluster

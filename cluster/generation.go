@@ -1,3 +1,5 @@
+//go:build linux
+
 package cluster
 
 import (
@@ -132,7 +134,7 @@ func (s *slot) run(p *proc, err error) {
 			}
 		})
 		if err == nil {
-			m.emit(ReloadEvent{Kind: "worker-started", Generation: s.g.id, Worker: s.id, PID: p.pid, Message: "restart"})
+			m.emit(ReloadEvent{Kind: EventWorkerStarted, Generation: s.g.id, Worker: s.id, PID: p.pid, Message: "restart"})
 			if s.g.stopping() {
 				// Stopped between the check above and the registration: the
 				// stopper may not have seen this process.
@@ -157,7 +159,7 @@ func (s *slot) watch(p *proc) {
 			how, after := p.readyHow, p.readyAt.Sub(p.started)
 			p.mu.Unlock()
 			p.log.Info("Worker ready", "by", how, "after", after)
-			m.emit(ReloadEvent{Kind: "worker-ready", Generation: s.g.id, Worker: s.id, PID: p.pid, Message: how})
+			m.emit(ReloadEvent{Kind: EventWorkerReady, Generation: s.g.id, Worker: s.id, PID: p.pid, Message: how})
 			s.g.signal()
 		}
 		<-p.done
@@ -168,7 +170,7 @@ func (s *slot) watch(p *proc) {
 	s.state, s.lastExit = WorkerExited, status
 	m.mu.Unlock()
 	p.log.Info("Worker exited", "status", status, "after", p.exitedAt.Sub(p.started).Round(time.Millisecond))
-	m.emit(ReloadEvent{Kind: "worker-exited", Generation: s.g.id, Worker: s.id, PID: p.pid, Message: status})
+	m.emit(ReloadEvent{Kind: EventWorkerExited, Generation: s.g.id, Worker: s.id, PID: p.pid, Message: status})
 	s.g.signal()
 }
 

@@ -1,3 +1,5 @@
+//go:build linux
+
 package cluster
 
 import (
@@ -22,13 +24,27 @@ type GenerationSpec struct {
 	Root      string // DEPLOY_ROOT
 }
 
-// ReloadEvent reports progress of a Reload. Kind is one of "worker-started",
-// "worker-ready", "worker-exited", "quorum", "probation", "retiring",
-// "rescue" (what connection rescue did while a generation stopped),
-// "retired", "failed".
+// ReloadEventKind says what a ReloadEvent reports.
+type ReloadEventKind string
+
+// Reload event kinds. Worker events set Worker and PID.
+const (
+	EventWorkerStarted ReloadEventKind = "worker-started" // Message "restart" when a crashed worker was replaced
+	EventWorkerReady   ReloadEventKind = "worker-ready"   // Message: how readiness was seen
+	EventWorkerExited  ReloadEventKind = "worker-exited"  // Message: the exit status
+	EventQuorum        ReloadEventKind = "quorum"         // enough new workers are ready
+	EventProbation     ReloadEventKind = "probation"      // the probation window starts; Message: its length
+	EventRetiring      ReloadEventKind = "retiring"       // the old generation is told to stop
+	EventDraining      ReloadEventKind = "draining"       // the old generation drains in the background
+	EventRescue        ReloadEventKind = "rescue"         // what connection rescue did while a generation stopped
+	EventRetired       ReloadEventKind = "retired"        // the old generation is gone
+	EventFailed        ReloadEventKind = "failed"         // the new generation failed; Message: why
+)
+
+// ReloadEvent reports progress of a Reload.
 type ReloadEvent struct {
 	Time       time.Time
-	Kind       string
+	Kind       ReloadEventKind
 	Generation int
 	Worker     int
 	PID        int
@@ -51,36 +67,52 @@ type ReloadResult struct {
 
 // Master owns the workers of one application: at most one serving
 // generation, plus the one a Reload is starting and the one it is retiring.
+//
+// Locks, in the order they are taken (a goroutine holding one may take only
+// those after it): upMu → spawnMu → reapMu → mu → socks.mu (Sockets, which
+// takes no other). emitMu is taken alone, around the caller's event
+// callback, never with another held. The atomics need no lock.
 type Master struct {
+	// Set by NewMaster or ResumeMaster, read-only after.
 	cfg       Config
 	socks     *Sockets
 	log       *slog.Logger
 	spawner   *spawner
 	watchdog  *watchdog
 	notifyDir string
-	spawnSeq  atomic.Int64
+	resumed   bool // made by ResumeMaster: its adopted workers are children of the old program's main thread
 
-	reloading atomic.Bool
+	spawnSeq atomic.Int64 // numbers the workers' notify sockets
+	// busy is true while a Reload or an Upgrade runs: a second one of
+	// either gets ErrBusy at once, so an Upgrade never hands over a
+	// generation a Reload is starting or retiring.
+	busy atomic.Bool
+
+	// upMu makes Upgrade and Shutdown exclude each other: a Shutdown waits
+	// for an Upgrade in progress to fail (or to replace the program).
+	upMu sync.Mutex
 	// spawnMu is held for reading from a spawn to the registration of the
-	// process in its slot, reapMu from a worker's exit to its done; Upgrade
-	// holds both for writing, so it sees every worker registered, and
-	// either alive and not reaped or done.
+	// process in its slot (and by the listen watch while it replaces a
+	// socket), reapMu from a worker's exit to its done; Upgrade holds both
+	// for writing, so it sees every worker registered, and either alive and
+	// not reaped or done, and the set of sockets as it stays.
 	spawnMu sync.RWMutex
 	reapMu  sync.RWMutex
-	upMu    sync.Mutex  // Upgrade and Shutdown exclude each other
-	pausing atomic.Bool // readers stopped by pauseIO return quietly
-	resumed bool        // made by Resume
+	pausing atomic.Bool // set by Upgrade: readers stopped by pauseIO return quietly
 
-	closing  chan struct{}
-	reloadWG sync.WaitGroup
-	shutOnce sync.Once
+	closing  chan struct{}  // closed by Shutdown: every goroutine of the master stops
+	reloadWG sync.WaitGroup // a retirement Reload left draining (ReloadResult.Draining); Shutdown waits
+	shutOnce sync.Once      // Shutdown's work runs once; later calls wait on shutDone
 	shutDone chan struct{}
-	shutErr  error
+	shutErr  error // set before shutDone closes
 
+	// emitMu serializes the event callback of the Reload in progress, which
+	// it guards: events come from worker goroutines.
 	emitMu  sync.Mutex
 	emitter func(ReloadEvent)
 
-	rescueOff atomic.Bool // pidfd_getfd was refused once: no more rescue
+	// Connection rescue (rescue.go).
+	rescueOff atomic.Bool // pidfd_getfd was refused once: no more rescue for the master's life
 	forwards  sync.Map    // netip.AddrPort -> *forwardState: local ends of the rescue's own forward connections
 
 	// The listen watch (listenwatch.go): its goroutine, its check-now
@@ -90,8 +122,10 @@ type Master struct {
 	watchNow    chan chan struct{}
 	stoppingGen atomic.Int64
 
+	// mu guards the generations and what is counted across them; held
+	// briefly, never across a spawn, a signal or a wait.
 	mu      sync.Mutex
-	closed  bool
+	closed  bool          // Shutdown started: Reload and Upgrade return ErrClosed
 	gens    []*generation // live, oldest first
 	serving *generation
 	nextGen int
@@ -175,10 +209,10 @@ func (m *Master) setEmitter(f func(ReloadEvent)) {
 // called for each ReloadEvent, one call at a time, never after Reload
 // returned; it must not block for long.
 func (m *Master) Reload(ctx context.Context, spec GenerationSpec, events func(ReloadEvent)) (*ReloadResult, error) {
-	if !m.reloading.CompareAndSwap(false, true) {
+	if !m.busy.CompareAndSwap(false, true) {
 		return nil, ErrBusy
 	}
-	defer m.reloading.Store(false)
+	defer m.busy.Store(false)
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("reload %s: %w", spec.Dir, err)
 	}
@@ -229,7 +263,7 @@ func (m *Master) Reload(ctx context.Context, spec GenerationSpec, events func(Re
 		}
 		p, err := m.spawn(s, func(p *proc, err error) { s.proc, s.startErr = p, err })
 		if err == nil {
-			m.emit(ReloadEvent{Kind: "worker-started", Generation: g.id, Worker: s.id, PID: p.pid})
+			m.emit(ReloadEvent{Kind: EventWorkerStarted, Generation: g.id, Worker: s.id, PID: p.pid})
 		}
 		g.wg.Add(1)
 		go s.run(p, err)
@@ -238,7 +272,7 @@ func (m *Master) Reload(ctx context.Context, spec GenerationSpec, events func(Re
 	cause := m.awaitQuorum(ctx, g)
 	readyAfter := time.Since(start)
 	if cause == nil {
-		m.emit(ReloadEvent{Kind: "quorum", Generation: g.id, Message: fmt.Sprintf("%d of %d ready after %s", m.cfg.Readiness.Quorum, m.cfg.Workers, readyAfter.Round(time.Millisecond))})
+		m.emit(ReloadEvent{Kind: EventQuorum, Generation: g.id, Message: fmt.Sprintf("%d of %d ready after %s", m.cfg.Readiness.Quorum, m.cfg.Workers, readyAfter.Round(time.Millisecond))})
 		cause = m.probation(ctx, g)
 	}
 	if cause != nil {
@@ -261,14 +295,14 @@ func (m *Master) Reload(ctx context.Context, spec GenerationSpec, events func(Re
 
 	res := &ReloadResult{Generation: g.id, ReadyAfter: readyAfter}
 	if old != nil {
-		m.emit(ReloadEvent{Kind: "retiring", Generation: old.id})
+		m.emit(ReloadEvent{Kind: EventRetiring, Generation: old.id})
 		var retired bool
 		res.Rescued, retired = m.retire(old)
 		res.Draining = !retired
 		if res.Draining {
-			m.emit(ReloadEvent{Kind: "draining", Generation: old.id, Message: "a listening socket was replaced: the rest of the drain goes on in the background"})
+			m.emit(ReloadEvent{Kind: EventDraining, Generation: old.id, Message: "a listening socket was replaced: the rest of the drain goes on in the background"})
 		} else {
-			m.emit(ReloadEvent{Kind: "retired", Generation: old.id})
+			m.emit(ReloadEvent{Kind: EventRetired, Generation: old.id})
 		}
 	}
 	res.RetiredAfter = time.Since(start)
@@ -331,7 +365,7 @@ func (m *Master) stopRescuing(g *generation, deadline time.Time, stop func(befor
 	if st.Held > 0 || st.Error != "" {
 		m.log.Info("Connections rescued", "gen", g.id, "held", st.Held, "forwarded", st.Forwarded, "requests", st.Requests,
 			"replayed", st.Replayed, "idle", st.Idle, "gone", st.Gone, "abandoned", st.Abandoned, "refused", st.Refused, "failed", st.Failed)
-		m.emit(ReloadEvent{Kind: "rescue", Generation: g.id, Message: st.String()})
+		m.emit(ReloadEvent{Kind: EventRescue, Generation: g.id, Message: st.String()})
 	}
 	return st
 }
@@ -431,7 +465,7 @@ func (m *Master) probation(ctx context.Context, g *generation) error {
 	m.mu.Lock()
 	g.state = GenProbation
 	m.mu.Unlock()
-	m.emit(ReloadEvent{Kind: "probation", Generation: g.id, Message: d.String()})
+	m.emit(ReloadEvent{Kind: EventProbation, Generation: g.id, Message: d.String()})
 	_, exited0 := m.counts(g)
 	timer := time.NewTimer(d)
 	defer timer.Stop()
@@ -510,7 +544,7 @@ func (m *Master) fail(g *generation, cause error, start time.Time) error {
 	m.removeGen(g)
 	err := &ReloadError{Generation: g.id, ReleaseID: g.spec.ReleaseID, Cause: cause, After: time.Since(start), Workers: failures}
 	m.log.Warn("Reload failed", "gen", g.id, "err", err)
-	m.emit(ReloadEvent{Kind: "failed", Generation: g.id, Message: err.Error()})
+	m.emit(ReloadEvent{Kind: EventFailed, Generation: g.id, Message: err.Error()})
 	return err
 }
 

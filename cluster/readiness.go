@@ -1,9 +1,13 @@
+//go:build linux
+
 package cluster
 
 import (
 	"os"
 	"strings"
 	"time"
+
+	sddaemon "github.com/coreos/go-systemd/v22/daemon"
 )
 
 // Readiness polling of mode listen.
@@ -50,7 +54,7 @@ func (p *proc) readNotify() {
 		}
 		for _, line := range strings.Split(string(buf[:n]), "\n") {
 			switch {
-			case line == "READY=1":
+			case line == sddaemon.SdNotifyReady:
 				if p.m.cfg.Readiness.Mode == ModeNotify {
 					p.modeReady("notify")
 				}

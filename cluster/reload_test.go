@@ -314,7 +314,7 @@ func TestMaster_ProbationAndEvents(t *testing.T) {
 	var kinds []string
 	for _, ev := range h.events {
 		if ev.Generation == 2 || ev.Kind == "retiring" || ev.Kind == "retired" {
-			kinds = append(kinds, ev.Kind)
+			kinds = append(kinds, string(ev.Kind))
 		}
 	}
 	want := "worker-started worker-ready quorum probation retiring retired"

@@ -1,3 +1,5 @@
+//go:build linux
+
 package cluster
 
 import (
@@ -44,6 +46,8 @@ type Sockets struct {
 	// when the listen watch replaces a lost socket (listenwatch.go). It is
 	// held for reading across a spawn's fork, so no worker inherits a closed
 	// descriptor, and by every reader of those fields outside the watch.
+	// It comes last in Master's lock order (it may be taken with Master.mu
+	// held, never the reverse) and takes no other lock.
 	mu       sync.RWMutex
 	files    []*os.File
 	names    []string

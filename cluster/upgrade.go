@@ -1,3 +1,5 @@
+//go:build linux
+
 package cluster
 
 import (
@@ -200,10 +202,10 @@ type Handover struct {
 // no orphan ever holds the port; a supervisor restarts the agent, which
 // starts a generation afresh.
 func (m *Master) Upgrade(ctx context.Context, binary string, args []string, extraFiles map[string]*os.File, extraState []byte) error {
-	if !m.reloading.CompareAndSwap(false, true) {
+	if !m.busy.CompareAndSwap(false, true) {
 		return fmt.Errorf("upgrade: %w", ErrBusy)
 	}
-	defer m.reloading.Store(false)
+	defer m.busy.Store(false)
 	m.upMu.Lock()
 	defer m.upMu.Unlock()
 	m.mu.Lock()

@@ -6,18 +6,13 @@ package examples_test
 // `agent run` with a generated deploy.toml, and runs the CLI against it.
 
 import (
-	"archive/tar"
 	"bytes"
-	"compress/gzip"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io/fs"
 	"net"
 	"net/http"
-	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -29,6 +24,7 @@ import (
 	"time"
 
 	"github.com/handoff/handoff/internal/proctest"
+	"github.com/handoff/handoff/internal/releasetest"
 )
 
 var (
@@ -112,40 +108,14 @@ type relFile struct {
 	body []byte
 }
 
-// tarGz packs files, in name order, as a gzipped tar.
+// tarGz packs files, in name order, as a gzipped tar (releasetest.TarGz).
 func tarGz(t *testing.T, files map[string]relFile) []byte {
 	t.Helper()
-	names := make([]string, 0, len(files))
-	for n := range files {
-		names = append(names, n)
+	rf := make(map[string]releasetest.File, len(files))
+	for name, f := range files {
+		rf[name] = releasetest.File{Mode: f.mode, Body: f.body}
 	}
-	sort.Strings(names)
-	var buf bytes.Buffer
-	gz, _ := gzip.NewWriterLevel(&buf, gzip.BestSpeed)
-	tw := tar.NewWriter(gz)
-	dirs := map[string]bool{}
-	for _, name := range names {
-		for d := filepath.Dir(name); d != "." && !dirs[d]; d = filepath.Dir(d) {
-			dirs[d] = true
-			if err := tw.WriteHeader(&tar.Header{Name: d + "/", Mode: 0o755, Typeflag: tar.TypeDir}); err != nil {
-				t.Fatal(err)
-			}
-		}
-		f := files[name]
-		if err := tw.WriteHeader(&tar.Header{Name: name, Mode: f.mode, Size: int64(len(f.body)), Typeflag: tar.TypeReg}); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := tw.Write(f.body); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := tw.Close(); err != nil {
-		t.Fatal(err)
-	}
-	if err := gz.Close(); err != nil {
-		t.Fatal(err)
-	}
-	return buf.Bytes()
+	return releasetest.TarGz(t, rf)
 }
 
 // artifactToken stands for the signature of a pre-signed URL.
@@ -153,43 +123,25 @@ const artifactToken = "s3cr3t"
 
 // artifactServer serves release archives over HTTP on 127.0.0.1.
 type artifactServer struct {
-	mu   sync.Mutex
-	blob map[string][]byte
-	srv  *httptest.Server
+	srv *releasetest.Server
 }
 
 func newArtifactServer(t *testing.T) *artifactServer {
 	t.Helper()
-	a := &artifactServer{blob: map[string][]byte{}}
-	a.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		// Like a pre-signed storage URL: the query must come back as
-		// published, without the checksum (go-getter keeps that to itself).
-		if q := r.URL.Query(); q.Get("token") != artifactToken || q.Has("checksum") {
-			http.Error(w, "bad query "+r.URL.RawQuery, http.StatusForbidden)
-			return
-		}
-		a.mu.Lock()
-		b, ok := a.blob[strings.TrimPrefix(r.URL.Path, "/")]
-		a.mu.Unlock()
-		if !ok {
-			http.NotFound(w, r)
-			return
-		}
-		w.Header().Set("Content-Type", "application/gzip")
-		w.Write(b)
-	}))
-	t.Cleanup(a.srv.Close)
+	a := &artifactServer{srv: releasetest.NewServer(t)}
+	// Like a pre-signed storage URL: the query must come back as
+	// published, without the checksum (go-getter keeps that to itself).
+	a.srv.CheckQuery(func(r *http.Request) bool {
+		q := r.URL.Query()
+		return q.Get("token") == artifactToken && !q.Has("checksum")
+	})
 	return a
 }
 
 // publish serves archive as NAME.tar.gz and returns its URL: a token query
 // (as a pre-signed URL has) and the checksum.
 func (a *artifactServer) publish(name string, archive []byte) string {
-	a.mu.Lock()
-	a.blob[name+".tar.gz"] = archive
-	a.mu.Unlock()
-	sum := sha256.Sum256(archive)
-	return a.srv.URL + "/" + name + ".tar.gz?token=" + artifactToken + "&checksum=sha256:" + hex.EncodeToString(sum[:])
+	return a.srv.Put(name+".tar.gz", archive) + "?token=" + artifactToken + "&checksum=" + releasetest.Checksum(archive)
 }
 
 // agentRun is one `agent run` with its config.

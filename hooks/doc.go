@@ -1,3 +1,5 @@
+//go:build linux
+
 // Package hooks finds and runs deploy hook commands.
 //
 // A hook stage ("pre-activate", "post-deploy", "post-rollback",

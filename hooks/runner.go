@@ -1,3 +1,5 @@
+//go:build linux
+
 package hooks
 
 import (
@@ -166,41 +168,51 @@ func (r *Runner) logger() *slog.Logger {
 	return r.Logger
 }
 
-func (r *Runner) runOne(ctx context.Context, run Run, argv []string) error {
-	timeout := r.Timeout
+// limits are the timeout and grace in effect.
+func (r *Runner) limits() (timeout, grace time.Duration) {
+	timeout, grace = r.Timeout, r.Grace
 	if timeout <= 0 {
 		timeout = DefaultTimeout
 	}
-	grace := r.Grace
 	if grace <= 0 {
 		grace = DefaultGrace
 	}
+	return timeout, grace
+}
+
+func (r *Runner) runOne(ctx context.Context, run Run, argv []string) error {
+	timeout, grace := r.limits()
 	log := r.logger().With("stage", run.Stage, "command", strings.Join(argv, " "))
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-
+	tctx, cancel := context.WithTimeoutCause(ctx, timeout, fmt.Errorf("%w after %s", ErrTimeout, timeout))
+	defer cancel()
 	pr, pw, err := os.Pipe()
 	if err != nil {
 		return fmt.Errorf("pipe: %w", err)
 	}
-	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd := exec.CommandContext(tctx, argv[0], argv[1:]...)
 	cmd.Dir = run.Dir
 	cmd.Env = append(append(os.Environ(), run.Env...), "DEPLOY_STAGE="+run.Stage)
-	cmd.Stdin = nil
-	cmd.Stdout = pw
-	cmd.Stderr = pw
+	// Output goes to a pipe of ours, an *os.File: Wait does not wait for
+	// it, so a descendant holding it open cannot hold Wait.
+	cmd.Stdout, cmd.Stderr = pw, pw
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	// On timeout or when ctx ends, the whole group gets SIGTERM; a leader
+	// still there after grace gets SIGKILL from Wait, and the rest of the
+	// group below.
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM) }
+	cmd.WaitDelay = grace
 	start := time.Now()
-	if err := cmd.Start(); err != nil {
+	err = cmd.Start()
+	pw.Close()
+	if err != nil {
 		pr.Close()
-		pw.Close()
 		return err
 	}
-	pw.Close()
 	pgid := cmd.Process.Pid
 	log.Info("Running hook", "pid", pgid)
-
 	lines := make(chan struct{})
 	go func() { // owned by runOne: it waits on lines before returning
 		defer close(lines)
@@ -211,30 +223,7 @@ func (r *Runner) runOne(ctx context.Context, run Run, argv []string) error {
 			}
 		})
 	}()
-	waited := make(chan error, 1)
-	go func() { waited <- cmd.Wait() }() // the one goroutine that reaps the child
-
-	timer := time.NewTimer(timeout)
-	defer timer.Stop()
-	var werr, cause error
-	select {
-	case werr = <-waited:
-	case <-timer.C:
-		cause = fmt.Errorf("%w after %s", ErrTimeout, timeout)
-	case <-ctx.Done():
-		cause = ctx.Err()
-	}
-	if cause != nil {
-		_ = syscall.Kill(-pgid, syscall.SIGTERM)
-		g := time.NewTimer(grace)
-		select {
-		case werr = <-waited:
-			g.Stop()
-		case <-g.C:
-			_ = syscall.Kill(-pgid, syscall.SIGKILL)
-			werr = <-waited
-		}
-	}
+	werr := cmd.Wait()
 	// Nothing the hook started outlives it; this also frees the output pipe.
 	_ = syscall.Kill(-pgid, syscall.SIGKILL)
 	select {
@@ -245,12 +234,23 @@ func (r *Runner) runOne(ctx context.Context, run Run, argv []string) error {
 	}
 	pr.Close()
 	<-lines
+	return hookResult(ctx, tctx, log, werr, start)
+}
 
-	if cause != nil {
+// hookResult is the outcome of a hook: ctx's error when it ended, the
+// timeout when that fired, else Wait's error.
+func hookResult(ctx, tctx context.Context, log *slog.Logger, werr error, start time.Time) error {
+	var cause error
+	if ctx.Err() != nil {
+		cause = ctx.Err()
+	} else if tctx.Err() != nil {
+		cause = context.Cause(tctx)
+	}
+	switch {
+	case cause != nil:
 		log.Warn("Hook stopped", "reason", cause, "elapsed", time.Since(start))
 		return cause
-	}
-	if werr != nil {
+	case werr != nil:
 		log.Warn("Hook failed", "err", werr, "elapsed", time.Since(start))
 		return werr
 	}

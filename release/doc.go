@@ -1,3 +1,5 @@
+//go:build linux
+
 // Package release owns a release root on disk: fetching and unpacking
 // releases, the atomic `current` link, the history, pruning and the lock.
 // It knows nothing of processes or sockets.

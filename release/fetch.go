@@ -1,3 +1,5 @@
+//go:build linux
+
 package release
 
 import (
@@ -88,12 +90,53 @@ func (s *Store) checkScheme(scheme string) error {
 }
 
 // parseSource applies the scheme allow-list and the checksum policy before
-// go-getter sees anything.
+// go-getter sees anything: the URL (scheme, host), its checksum, its
+// archive kind, then a local file or directory.
 func (s *Store) parseSource(raw string) (*source, error) {
+	u, err := s.parseURL(raw)
+	if err != nil {
+		return nil, err
+	}
+	src := &source{scheme: strings.ToLower(u.Scheme)}
+	q := u.Query()
+	if src.checksum, err = s.checkChecksum(q.Get("checksum")); err != nil {
+		return nil, err
+	}
+	if s.opts.RequireChecksum && !src.checksum && src.scheme != "file" {
+		return nil, reason(ErrChecksumRequired, "checksum required: add ?checksum=sha256:<hex> to the URL")
+	}
+	src.base = path.Base(u.Path)
+	if src.base == "/" || src.base == "." || src.base == "" {
+		src.base = "artifact"
+	}
+	if src.kind, err = archiveKind(q.Get("archive"), u.Path); err != nil {
+		return nil, err
+	}
+	// go-getter only downloads; we unpack. archive=false keeps its own
+	// (limited) decompressors from ever running on this artifact.
+	q.Set("archive", "false")
+	if src.scheme == "file" {
+		if err := localSource(u, src); err != nil {
+			return nil, err
+		}
+		if src.isDir {
+			return src, nil
+		}
+	}
+	g := *u
+	g.Scheme = src.scheme
+	g.RawQuery = q.Encode()
+	src.getterSrc = g.String()
+	return src, nil
+}
+
+// parseURL parses raw (a URL, or an absolute local path) and checks its
+// scheme and host against the allow-lists. Forced getters ("git::…") and
+// subdirectory selection ("…//sub") are refused.
+func (s *Store) parseURL(raw string) (*url.URL, error) {
 	if prefix, _ := splitForced(raw); prefix != "" {
 		return nil, reason(ErrSchemeNotAllowed, fmt.Sprintf("forced getter %q is not allowed", strings.TrimSuffix(prefix, "::")))
 	}
-	src := &source{}
 	var u *url.URL
 	if !strings.Contains(raw, "://") && !strings.HasPrefix(raw, "file:") {
 		if !filepath.IsAbs(raw) {
@@ -107,14 +150,14 @@ func (s *Store) parseSource(raw string) (*source, error) {
 			return nil, fmt.Errorf("invalid URL: %v", errors.Unwrap(err))
 		}
 	}
-	src.scheme = strings.ToLower(u.Scheme)
-	if !supportedSchemes[src.scheme] {
-		return nil, reason(ErrSchemeNotAllowed, fmt.Sprintf("scheme %q is not allowed (allowed: %s)", src.scheme, s.allowed()))
+	scheme := strings.ToLower(u.Scheme)
+	if !supportedSchemes[scheme] {
+		return nil, reason(ErrSchemeNotAllowed, fmt.Sprintf("scheme %q is not allowed (allowed: %s)", scheme, s.allowed()))
 	}
-	if err := s.checkScheme(src.scheme); err != nil {
+	if err := s.checkScheme(scheme); err != nil {
 		return nil, err
 	}
-	if src.scheme == "http" || src.scheme == "https" {
+	if scheme == "http" || scheme == "https" {
 		if err := s.checkHost(u); err != nil {
 			return nil, err
 		}
@@ -122,85 +165,119 @@ func (s *Store) parseSource(raw string) (*source, error) {
 	if _, sub := getter.SourceDirSubdir(raw); sub != "" {
 		return nil, fmt.Errorf("subdirectory selection (%q) is not supported", "//"+sub)
 	}
-	q := u.Query()
-	if cs := q.Get("checksum"); cs != "" {
-		src.checksum = true
-		if rest, ok := strings.CutPrefix(cs, "file:"); ok {
-			cu, err := url.Parse(rest)
-			if err != nil || cu.Scheme == "" {
-				return nil, fmt.Errorf("checksum file %q is not an absolute URL", RedactURL(rest))
-			}
-			if err := s.checkScheme(strings.ToLower(cu.Scheme)); err != nil {
-				return nil, fmt.Errorf("checksum file: %w", err)
-			}
-			if sc := strings.ToLower(cu.Scheme); sc == "http" || sc == "https" {
-				if err := s.checkHost(cu); err != nil {
-					return nil, fmt.Errorf("checksum file: %w", err)
-				}
-			}
+	return u, nil
+}
+
+// checkChecksum reports whether the URL carries a checksum (cs, its
+// ?checksum= value); a checksum file's URL must pass the allow-lists too.
+func (s *Store) checkChecksum(cs string) (bool, error) {
+	if cs == "" {
+		return false, nil
+	}
+	rest, ok := strings.CutPrefix(cs, "file:")
+	if !ok {
+		return true, nil
+	}
+	cu, err := url.Parse(rest)
+	if err != nil || cu.Scheme == "" {
+		return true, fmt.Errorf("checksum file %q is not an absolute URL", RedactURL(rest))
+	}
+	if err := s.checkScheme(strings.ToLower(cu.Scheme)); err != nil {
+		return true, fmt.Errorf("checksum file: %w", err)
+	}
+	if sc := strings.ToLower(cu.Scheme); sc == "http" || sc == "https" {
+		if err := s.checkHost(cu); err != nil {
+			return true, fmt.Errorf("checksum file: %w", err)
 		}
 	}
-	if s.opts.RequireChecksum && !src.checksum && src.scheme != "file" {
-		return nil, reason(ErrChecksumRequired, "checksum required: add ?checksum=sha256:<hex> to the URL")
+	return true, nil
+}
+
+// archiveKind is the archive type, by go-getter's rules: ?archive= (given
+// as param) wins ("false" or "0": a plain file, ""), else the longest known
+// extension of urlPath. An extension of an archive type not supported is
+// refused rather than taken as a plain file.
+func archiveKind(param, urlPath string) (string, error) {
+	const have = "(have tar, tar.gz, tgz, tar.bz2, tbz2, tar.zst, tzst, zip)"
+	switch {
+	case param == "false" || param == "0":
+		return "", nil
+	case param != "":
+		if archiveKinds[param] == "" {
+			return "", fmt.Errorf("%w %q %s", ErrUnsupportedArchive, param, have)
+		}
+		return param, nil
 	}
-	src.base = path.Base(u.Path)
-	if src.base == "/" || src.base == "." || src.base == "" {
-		src.base = "artifact"
-	}
-	// The archive type, by go-getter's rules: archive= wins, else the
-	// longest known extension.
-	switch a := q.Get("archive"); {
-	case a == "false" || a == "0":
-		src.kind = ""
-	case a != "":
-		if archiveKinds[a] == "" {
-			return nil, fmt.Errorf("%w %q (have tar, tar.gz, tgz, tar.bz2, tbz2, tar.zst, tzst, zip)", ErrUnsupportedArchive, a)
-		}
-		src.kind = a
-	default:
-		best := ""
-		for k := range archiveKinds {
-			if strings.HasSuffix(u.Path, "."+k) && len(k) > len(best) {
-				best = k
-			}
-		}
-		foreign := ""
-		for _, k := range foreignKinds {
-			if strings.HasSuffix(u.Path, "."+k) && len(k) > len(foreign) {
-				foreign = k
-			}
-		}
-		if len(foreign) > len(best) {
-			return nil, fmt.Errorf("%w %q (have tar, tar.gz, tgz, tar.bz2, tbz2, tar.zst, tzst, zip)", ErrUnsupportedArchive, foreign)
-		}
-		src.kind = best
-	}
-	q.Del("archive")
-	// go-getter only downloads; we unpack. archive=false keeps its own
-	// (limited) decompressors from ever running on this artifact.
-	q.Set("archive", "false")
-	if src.scheme == "file" {
-		if u.Host != "" && u.Host != "localhost" {
-			return nil, fmt.Errorf("file URL with host %q", u.Host)
-		}
-		src.local = u.Path
-		fi, err := os.Stat(src.local)
-		if err != nil {
-			return nil, fmt.Errorf("local artifact: %w", err)
-		}
-		if fi.IsDir() {
-			if src.checksum {
-				return nil, errors.New("a checksum cannot be verified for a directory")
-			}
-			src.isDir = true
-			return src, nil
+	best := ""
+	for k := range archiveKinds {
+		if strings.HasSuffix(urlPath, "."+k) && len(k) > len(best) {
+			best = k
 		}
 	}
-	g := *u
-	g.Scheme = src.scheme
-	g.RawQuery = q.Encode()
-	src.getterSrc = g.String()
-	return src, nil
+	foreign := ""
+	for _, k := range foreignKinds {
+		if strings.HasSuffix(urlPath, "."+k) && len(k) > len(foreign) {
+			foreign = k
+		}
+	}
+	if len(foreign) > len(best) {
+		return "", fmt.Errorf("%w %q %s", ErrUnsupportedArchive, foreign, have)
+	}
+	return best, nil
+}
+
+// localSource fills src for a file: URL: the local path, and whether it is
+// a directory (which cannot carry a checksum).
+func localSource(u *url.URL, src *source) error {
+	if u.Host != "" && u.Host != "localhost" {
+		return fmt.Errorf("file URL with host %q", u.Host)
+	}
+	src.local = u.Path
+	fi, err := os.Stat(src.local)
+	if err != nil {
+		return fmt.Errorf("local artifact: %w", err)
+	}
+	if fi.IsDir() {
+		if src.checksum {
+			return errors.New("a checksum cannot be verified for a directory")
+		}
+		src.isDir = true
+	}
+	return nil
+}
+
+// errFetchTimeout is the cause of a Fetch's own deadline (Options.Timeout),
+// told apart from the caller's.
+var errFetchTimeout = errors.New("fetch timeout")
+
+// fetchRun is what the steps of one Fetch share.
+type fetchRun struct {
+	s       *Store
+	req     FetchRequest
+	id      string
+	subject string   // the redacted URL
+	secrets []string // what redaction removed, scrubbed from errors too
+	src     *source
+	exists  bool // releases/<id> exists (req.Force): compare, do not install
+}
+
+// fail wraps err in *Error, with the URL's secrets scrubbed from it.
+func (f *fetchRun) fail(op, subj string, err error) error {
+	if len(f.secrets) > 0 {
+		if m := scrub(err.Error(), f.secrets); m != err.Error() {
+			err = &reasonError{msg: m, err: err}
+		}
+	}
+	return &Error{Op: op, Subject: subj, Err: err}
+}
+
+// timedOut is ErrTimeout when ctx ended by the fetch's own deadline, err
+// otherwise.
+func (f *fetchRun) timedOut(ctx context.Context, err error) error {
+	if errors.Is(context.Cause(ctx), errFetchTimeout) {
+		return reason(ErrTimeout, fmt.Sprintf("timed out after %s", f.s.opts.Timeout))
+	}
+	return err
 }
 
 // Fetch downloads req.URL into releases/.incoming/<tmp>, verifies its
@@ -215,128 +292,163 @@ func (s *Store) parseSource(raw string) (*source, error) {
 // releases/.incoming/ holds nothing of this fetch.
 func (s *Store) Fetch(ctx context.Context, req FetchRequest) (string, error) {
 	start := time.Now()
-	subject, secrets := redactURL(req.URL)
-	fail := func(op, subj string, err error) error {
-		if len(secrets) > 0 {
-			if m := scrub(err.Error(), secrets); m != err.Error() {
-				err = &reasonError{msg: m, err: err}
-			}
-		}
-		return &Error{Op: op, Subject: subj, Err: err}
+	f := &fetchRun{s: s, req: req}
+	f.subject, f.secrets = redactURL(req.URL)
+	if err := f.prepare(); err != nil {
+		return "", err
 	}
-	id := req.ID
-	if id == "" {
-		id = NewID()
-	} else if err := ValidateID(id); err != nil {
-		return "", fail("fetch", subject, err)
-	}
-	exists, err := s.exists(id)
-	if err != nil {
-		return "", fail("fetch", subject, err)
-	}
-	if exists && !req.Force {
-		return "", fail("fetch", subject, fmt.Errorf("%w: releases/%s", ErrExists, id))
-	}
-	src, err := s.parseSource(req.URL)
-	if err != nil {
-		return "", fail("fetch", subject, err)
-	}
-
-	parent := ctx
-	ctx, cancel := context.WithTimeout(ctx, s.opts.Timeout)
+	ctx, cancel := context.WithTimeoutCause(ctx, s.opts.Timeout, errFetchTimeout)
 	defer cancel()
-	timedOut := func(err error) error {
-		if errors.Is(ctx.Err(), context.DeadlineExceeded) && parent.Err() == nil {
-			return reason(ErrTimeout, fmt.Sprintf("timed out after %s", s.opts.Timeout))
-		}
-		return err
-	}
-
-	staging, err := os.MkdirTemp(filepath.Join(s.root, releasesDir, incomingDir), id+"-")
+	staging, err := os.MkdirTemp(filepath.Join(s.root, releasesDir, incomingDir), f.id+"-")
 	if err != nil {
-		return "", fail("fetch", subject, err)
+		return "", f.fail("fetch", f.subject, err)
 	}
 	defer os.RemoveAll(staging)
 	tree := filepath.Join(staging, "tree")
-	lim := limits{maxBytes: s.opts.MaxBytes, maxFiles: s.opts.MaxFiles}
-	var known sums
-
-	if src.isDir {
-		if err := os.Mkdir(tree, 0o755); err != nil {
-			return "", fail("copy", src.local, err)
-		}
-		var progress func(int64)
-		if req.Progress != nil {
-			progress = func(done int64) { req.Progress(done, -1) }
-		}
-		if known, err = copyTree(ctx, src.local, tree, lim, progress); err != nil {
-			return "", fail("copy", src.local, timedOut(err))
-		}
-	} else {
-		archive, err := s.download(ctx, src, staging, req.Progress)
-		if err != nil {
-			return "", fail("fetch", subject, timedOut(err))
-		}
-		if err := os.Mkdir(tree, 0o755); err != nil {
-			return "", fail("fetch", subject, err)
-		}
-		if src.kind == "" {
-			if err := os.Rename(archive, filepath.Join(tree, src.base)); err != nil {
-				return "", fail("fetch", subject, err)
-			}
-		} else {
-			if known, err = unpackFile(ctx, src.kind, archive, tree, lim); err != nil {
-				return "", fail("unpack", src.base, timedOut(err))
-			}
-			_ = os.Remove(archive)
-		}
+	stats, err := f.stage(ctx, staging, tree)
+	if err != nil {
+		return "", err
 	}
-	op, opSubject := "unpack", src.base
-	if src.isDir {
-		op, opSubject = "copy", src.local
+	if f.exists {
+		return f.compare(stats.digest)
+	}
+	if err := f.install(tree, stats.digest); err != nil {
+		return "", err
+	}
+	s.log.Info("Fetched release", "id", f.id, "url", f.subject, "files", stats.files, "bytes", stats.bytes, "duration", time.Since(start).Round(time.Millisecond))
+	return f.id, nil
+}
+
+// prepare checks the id (generating one when empty), whether it exists,
+// and the source.
+func (f *fetchRun) prepare() error {
+	f.id = f.req.ID
+	if f.id == "" {
+		f.id = NewID()
+	} else if err := ValidateID(f.id); err != nil {
+		return f.fail("fetch", f.subject, err)
+	}
+	exists, err := f.s.exists(f.id)
+	if err != nil {
+		return f.fail("fetch", f.subject, err)
+	}
+	if exists && !f.req.Force {
+		return f.fail("fetch", f.subject, fmt.Errorf("%w: releases/%s", ErrExists, f.id))
+	}
+	f.exists = exists
+	if f.src, err = f.s.parseSource(f.req.URL); err != nil {
+		return f.fail("fetch", f.subject, err)
+	}
+	return nil
+}
+
+// stage makes the release's tree at tree, from staging: a copy of a local
+// directory, or the download (unpacked unless a plain file); then verifies
+// it and returns its stats.
+func (f *fetchRun) stage(ctx context.Context, staging, tree string) (treeStats, error) {
+	lim := limits{maxBytes: f.s.opts.MaxBytes, maxFiles: f.s.opts.MaxFiles}
+	op, subj := "unpack", f.src.base
+	var known sums
+	var err error
+	if f.src.isDir {
+		op, subj = "copy", f.src.local
+		known, err = f.copyLocal(ctx, tree, lim)
+	} else {
+		known, err = f.downloadAndUnpack(ctx, staging, tree, lim)
+	}
+	if err != nil {
+		return treeStats{}, err
 	}
 	stats, err := verifyTree(ctx, tree, lim, known)
 	if err != nil {
-		return "", fail(op, opSubject, timedOut(err))
+		return stats, f.fail(op, subj, f.timedOut(ctx, err))
 	}
-	digest := stats.digest
-	if exists {
-		old, err := os.ReadFile(s.digestPath(id))
-		switch {
-		case err != nil:
-			return "", fail("fetch", subject, fmt.Errorf("%w: releases/%s (its content digest is unknown, cannot compare)", ErrExists, id))
-		case strings.TrimSpace(string(old)) != digest:
-			return "", fail("fetch", subject, fmt.Errorf("%w: releases/%s with different content", ErrExists, id))
+	return stats, nil
+}
+
+// copyLocal copies the local directory source into tree.
+func (f *fetchRun) copyLocal(ctx context.Context, tree string, lim limits) (sums, error) {
+	if err := os.Mkdir(tree, 0o755); err != nil {
+		return nil, f.fail("copy", f.src.local, err)
+	}
+	var progress func(int64)
+	if f.req.Progress != nil {
+		progress = func(done int64) { f.req.Progress(done, -1) }
+	}
+	known, err := copyTree(ctx, f.src.local, tree, lim, progress)
+	if err != nil {
+		return nil, f.fail("copy", f.src.local, f.timedOut(ctx, err))
+	}
+	return known, nil
+}
+
+// downloadAndUnpack downloads the artifact into staging, then unpacks it
+// into tree, or moves it there as it is when it is no archive.
+func (f *fetchRun) downloadAndUnpack(ctx context.Context, staging, tree string, lim limits) (sums, error) {
+	archive, err := f.s.download(ctx, f.src, staging, f.req.Progress)
+	if err != nil {
+		return nil, f.fail("fetch", f.subject, f.timedOut(ctx, err))
+	}
+	if err := os.Mkdir(tree, 0o755); err != nil {
+		return nil, f.fail("fetch", f.subject, err)
+	}
+	if f.src.kind == "" {
+		if err := os.Rename(archive, filepath.Join(tree, f.src.base)); err != nil {
+			return nil, f.fail("fetch", f.subject, err)
 		}
-		s.log.Info("Release exists with identical content", "id", id)
-		return id, nil
+		return nil, nil
 	}
+	known, err := unpackFile(ctx, f.src.kind, archive, tree, lim)
+	if err != nil {
+		return nil, f.fail("unpack", f.src.base, f.timedOut(ctx, err))
+	}
+	_ = os.Remove(archive)
+	return known, nil
+}
+
+// compare ends a forced fetch of an existing id: identical content is a
+// success that changes nothing, anything else ErrExists.
+func (f *fetchRun) compare(digest string) (string, error) {
+	old, err := os.ReadFile(f.s.digestPath(f.id))
+	switch {
+	case err != nil:
+		return "", f.fail("fetch", f.subject, fmt.Errorf("%w: releases/%s (its content digest is unknown, cannot compare)", ErrExists, f.id))
+	case strings.TrimSpace(string(old)) != digest:
+		return "", f.fail("fetch", f.subject, fmt.Errorf("%w: releases/%s with different content", ErrExists, f.id))
+	}
+	f.s.log.Info("Release exists with identical content", "id", f.id)
+	return f.id, nil
+}
+
+// install moves the verified tree to releases/<id>, durably: synced, its
+// digest written first, then renamed.
+func (f *fetchRun) install(tree, digest string) error {
+	s, id := f.s, f.id
 	now := time.Now()
 	if err := os.Chtimes(tree, now, now); err != nil {
-		return "", fail("fetch", subject, err)
+		return f.fail("fetch", f.subject, err)
 	}
 	if err := syncFS(tree); err != nil {
-		return "", fail("fetch", subject, err)
+		return f.fail("fetch", f.subject, err)
 	}
 	// The digest goes first: a crash before the rename leaves an orphan
 	// digest, which Open removes; after it, the release has its digest.
 	if err := writeFileAtomic(s.digestPath(id), []byte(digest+"\n"), "digest"); err != nil {
-		return "", fail("fetch", subject, err)
+		return f.fail("fetch", f.subject, err)
 	}
 	step("rename")
 	if err := os.Rename(tree, s.Dir(id)); err != nil {
 		_ = os.Remove(s.digestPath(id))
 		if errors.Is(err, syscall.EEXIST) || errors.Is(err, syscall.ENOTEMPTY) {
-			return "", fail("fetch", subject, fmt.Errorf("%w: releases/%s", ErrExists, id))
+			return f.fail("fetch", f.subject, fmt.Errorf("%w: releases/%s", ErrExists, id))
 		}
-		return "", fail("fetch", subject, err)
+		return f.fail("fetch", f.subject, err)
 	}
 	step("renamed")
 	if err := syncDir(filepath.Join(s.root, releasesDir)); err != nil {
-		return "", fail("fetch", subject, err)
+		return f.fail("fetch", f.subject, err)
 	}
-	s.log.Info("Fetched release", "id", id, "url", subject, "files", stats.files, "bytes", stats.bytes, "duration", time.Since(start).Round(time.Millisecond))
-	return id, nil
+	return nil
 }
 
 func (s *Store) digestPath(id string) string {

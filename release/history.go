@@ -1,3 +1,5 @@
+//go:build linux
+
 package release
 
 import (
@@ -17,6 +19,18 @@ const (
 	MaxHistory = 1000
 )
 
+// Result is how a recorded operation ended.
+type Result string
+
+// Results. Only ResultOK proves a release served: rollback targets and
+// pruning count those.
+const (
+	ResultOK         Result = "ok"          // it serves (or served)
+	ResultFailed     Result = "failed"      // its workers did not take over; what served before kept serving
+	ResultRolledBack Result = "rolled-back" // it served, a post-deploy hook failed, the previous release serves again
+	ResultRefused    Result = "refused"     // stopped before the switch: fetch, link or pre-activate failed
+)
+
 // Event is one line of the root's history in .agent/state.json.
 type Event struct {
 	Time     time.Time     `json:"time"`
@@ -24,7 +38,7 @@ type Event struct {
 	ID       string        `json:"id"`             // release id
 	From     string        `json:"from,omitempty"` // release that was current before
 	URL      string        `json:"url,omitempty"`  // credentials redacted (RedactURL)
-	Result   string        `json:"result"`         // "ok", "failed", "rolled-back", "refused"
+	Result   Result        `json:"result"`
 	Error    string        `json:"error,omitempty"`
 	Duration time.Duration `json:"duration_ns,omitempty"`
 }
@@ -127,13 +141,13 @@ func writeFileAtomic(path string, data []byte, stepName string) error {
 	return syncDir(filepath.Dir(path))
 }
 
-// firstDeployOrder returns the ids with an "ok" event, in the order of
+// firstDeployOrder returns the ids with a ResultOK event, in the order of
 // their first success.
 func firstDeployOrder(evs []Event) []string {
 	seen := map[string]bool{}
 	var order []string
 	for _, e := range evs {
-		if e.Result == "ok" && !seen[e.ID] {
+		if e.Result == ResultOK && !seen[e.ID] {
 			seen[e.ID] = true
 			order = append(order, e.ID)
 		}
@@ -230,7 +244,7 @@ func (s *Store) Prune(keep int, protect ...string) ([]string, error) {
 	counted := map[string]bool{}
 	for i := len(evs) - 1; i >= 0 && len(counted) < keep; i-- {
 		e := evs[i]
-		if e.Result == "ok" && onDisk[e.ID] && !counted[e.ID] {
+		if e.Result == ResultOK && onDisk[e.ID] && !counted[e.ID] {
 			counted[e.ID] = true
 			keepSet[e.ID] = true
 		}

@@ -97,7 +97,7 @@ func deployed(t *testing.T, s *Store, sb *sandbox, steps ...[2]string) {
 				t.Fatal(err)
 			}
 		}
-		if err := s.Record(Event{Op: "deploy", ID: id, Result: result}); err != nil {
+		if err := s.Record(Event{Op: "deploy", ID: id, Result: Result(result)}); err != nil {
 			t.Fatal(err)
 		}
 		time.Sleep(5 * time.Millisecond) // distinct release mtimes

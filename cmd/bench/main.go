@@ -308,7 +308,7 @@ func (b *bench) handoffExtras(ctx context.Context, res *Results, m *handoffMgr, 
 		}
 	}
 	m.stop()
-	// Node's default shutdown beside the graceful one (issue 7): the same
+	// Node's default shutdown beside the graceful one: the same
 	// reloads in keep-alive mode, counting stale keep-alive. Full runs only.
 	if quick || b.skip(ctx, res, "handoff reloads keep-alive default shutdown") {
 		return

@@ -58,7 +58,7 @@ type Params struct {
 	Quorum           string  `json:"handoff_quorum"`
 }
 
-// Target is one of issue 5's targets, evaluated.
+// Target is one of the benchmark's targets (evaluate), evaluated.
 type Target struct {
 	Name   string `json:"name"`
 	Want   string `json:"want"`
@@ -554,7 +554,7 @@ func renderMarkdown(r *Results) string {
 			fmtFailed(&row), row.StaleKeepAlive, fmtRate(&row), fmtLat(&row), timing)
 	}
 
-	fmt.Fprintf(&w, "\n## The app's shutdown policy under handoff reloads, keep-alive (issue 7)\n\n")
+	fmt.Fprintf(&w, "\n## The app's shutdown policy under handoff reloads, keep-alive\n\n")
 	fmt.Fprintf(&w, "| shutdown | reloads | requests | failed | stale keep-alive | per reload | per connection per reload | latency p50 / p99 / max ms |\n")
 	fmt.Fprintf(&w, "|---|---|---|---|---|---|---|---|\n")
 	for _, sd := range []string{"default", "graceful"} {
@@ -587,7 +587,7 @@ func renderMarkdown(r *Results) string {
 		}
 	}
 
-	fmt.Fprintf(&w, "\n## Targets (issue 5)\n\n")
+	fmt.Fprintf(&w, "\n## Targets\n\n")
 	for _, t := range r.Targets {
 		mark := "met"
 		if !t.Met {

@@ -1,3 +1,5 @@
+//go:build linux
+
 // Command go is handoff's Go example: an HTTP server on the listening socket
 // the agent passes as fd 3 (systemd socket activation, read with
 // activation.Listeners), with a graceful stop that never resets a keep-alive

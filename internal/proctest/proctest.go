@@ -9,6 +9,7 @@ package proctest
 import (
 	"bytes"
 	"net/http"
+	"os/exec"
 	"strings"
 	"sync"
 	"testing"
@@ -60,4 +61,15 @@ func Get(t testing.TB, addr string) string {
 	var b bytes.Buffer
 	b.ReadFrom(resp.Body)
 	return strings.TrimSpace(b.String())
+}
+
+// LookPath returns the path of tool, or fails the test with how to install
+// it: a missing tool is a machine to fix, never a test to skip.
+func LookPath(t testing.TB, tool string) string {
+	t.Helper()
+	p, err := exec.LookPath(tool)
+	if err != nil {
+		t.Fatalf("%s not found: run scripts/install-deps.sh (as root) to install it", tool)
+	}
+	return p
 }

@@ -1,4 +1,6 @@
-package main
+//go:build linux
+
+package control
 
 import (
 	"bufio"
@@ -25,16 +27,16 @@ var ErrAgentRunning = errors.New("another agent is serving this control socket")
 
 const writeTimeout = 30 * time.Second
 
-// controlServer serves the control socket: one goroutine per connection,
+// Server serves the control socket: one goroutine per connection,
 // all owned by the server and waited for by Close.
-type controlServer struct {
+type Server struct {
 	ln         *net.UnixListener
 	path       string
 	allowUIDs  []int
 	allowGIDs  []int
 	log        *slog.Logger
-	handle     func(Request) *opLog // never nil result
-	reqTimeout time.Duration        // how long a client may take to send its request
+	handle     func(Request) *Log // never nil result
+	reqTimeout time.Duration      // how long a client may take to send its request
 
 	wg     sync.WaitGroup
 	mu     sync.Mutex
@@ -43,10 +45,10 @@ type controlServer struct {
 	once   sync.Once
 }
 
-// listenControl binds the control socket at path with mode 0660 (group set
+// Listen binds the control socket at path with mode 0660 (group set
 // to gid when gid >= 0). A socket file left by a dead agent is replaced; one
 // a live agent answers on is refused with ErrAgentRunning.
-func listenControl(path string, gid int, log *slog.Logger) (*net.UnixListener, error) {
+func Listen(path string, gid int, log *slog.Logger) (*net.UnixListener, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return nil, fmt.Errorf("control socket %s: %w", path, err)
 	}
@@ -84,15 +86,15 @@ func listenControl(path string, gid int, log *slog.Logger) (*net.UnixListener, e
 	return ln, nil
 }
 
-func newControlServer(ln *net.UnixListener, allowUIDs, allowGIDs []int, log *slog.Logger, handle func(Request) *opLog) *controlServer {
-	return &controlServer{
+func NewServer(ln *net.UnixListener, allowUIDs, allowGIDs []int, log *slog.Logger, handle func(Request) *Log) *Server {
+	return &Server{
 		ln: ln, path: ln.Addr().String(), allowUIDs: allowUIDs, allowGIDs: allowGIDs,
-		log: log, handle: handle, reqTimeout: requestTimeout, conns: map[net.Conn]struct{}{}, closed: make(chan struct{}),
+		log: log, handle: handle, reqTimeout: RequestTimeout, conns: map[net.Conn]struct{}{}, closed: make(chan struct{}),
 	}
 }
 
 // Serve accepts until Close. It returns nil after Close.
-func (s *controlServer) Serve() error {
+func (s *Server) Serve() error {
 	for {
 		c, err := s.ln.AcceptUnix()
 		if err != nil {
@@ -140,7 +142,7 @@ func (s *controlServer) Serve() error {
 
 // Close stops accepting, unblocks every connection and waits for their
 // goroutines. Operations started by them continue.
-func (s *controlServer) Close() error {
+func (s *Server) Close() error {
 	s.once.Do(func() {
 		s.mu.Lock()
 		close(s.closed)
@@ -193,7 +195,7 @@ func supplementaryGroups(pid int32) []int {
 // allowed decides whether a peer may use the control socket: root and the
 // agent's own uid always; otherwise a uid in allowUIDs, or a primary or
 // supplementary gid in allowGIDs.
-func (s *controlServer) allowed(cred *unix.Ucred) bool {
+func (s *Server) allowed(cred *unix.Ucred) bool {
 	uid, gid := int(cred.Uid), int(cred.Gid)
 	if uid == 0 || uid == os.Getuid() || slices.Contains(s.allowUIDs, uid) || slices.Contains(s.allowGIDs, gid) {
 		return true
@@ -209,7 +211,7 @@ func (s *controlServer) allowed(cred *unix.Ucred) bool {
 	return false
 }
 
-func (s *controlServer) serveConn(c *net.UnixConn) {
+func (s *Server) serveConn(c *net.UnixConn) {
 	enc := json.NewEncoder(c)
 	write := func(m Message) error {
 		c.SetWriteDeadline(time.Now().Add(writeTimeout))
@@ -218,19 +220,19 @@ func (s *controlServer) serveConn(c *net.UnixConn) {
 	cred, err := peerCred(c)
 	if err != nil {
 		s.log.Warn("Control peer credentials", "err", err)
-		write(Message{Type: "result", Time: time.Now(), Code: codeInternal, Error: "cannot read peer credentials: " + err.Error()})
+		write(Message{Type: TypeResult, Time: time.Now(), Code: CodeInternal, Error: "cannot read peer credentials: " + err.Error()})
 		return
 	}
 	if !s.allowed(cred) {
 		s.log.Warn("Refused control connection", "uid", cred.Uid, "gid", cred.Gid, "pid", cred.Pid)
-		write(Message{Type: "result", Time: time.Now(), Code: codeForbidden,
+		write(Message{Type: TypeResult, Time: time.Now(), Code: CodeForbidden,
 			Error: fmt.Sprintf("uid %d (gid %d) may not use %s: not root, not the agent's uid, not in [control] allow_uids or allow_gids", cred.Uid, cred.Gid, s.path)})
 		return
 	}
 
 	c.SetReadDeadline(time.Now().Add(s.reqTimeout))
 	var req Request
-	dec := json.NewDecoder(bufio.NewReader(io.LimitReader(c, maxRequestBytes)))
+	dec := json.NewDecoder(bufio.NewReader(io.LimitReader(c, MaxRequestBytes)))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&req); err != nil {
 		msg := "bad request: " + err.Error()
@@ -238,16 +240,16 @@ func (s *controlServer) serveConn(c *net.UnixConn) {
 		if errors.As(err, &ne) && ne.Timeout() {
 			msg = fmt.Sprintf("bad request: no request within %s", s.reqTimeout)
 		} else if errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) {
-			msg = fmt.Sprintf("bad request: incomplete or larger than %d bytes", maxRequestBytes)
+			msg = fmt.Sprintf("bad request: incomplete or larger than %d bytes", MaxRequestBytes)
 		}
 		s.log.Warn("Bad control request", "uid", cred.Uid, "err", err)
-		write(Message{Type: "result", Time: time.Now(), Code: codeUsage, Error: msg})
+		write(Message{Type: TypeResult, Time: time.Now(), Code: CodeUsage, Error: msg})
 		return
 	}
 	c.SetReadDeadline(time.Time{})
 	s.log.Info("Control request", "op", req.Op, "uid", cred.Uid, "pid", cred.Pid)
 	l := s.handle(req)
-	if err := l.follow(s.closed, write); err != nil {
+	if err := l.Follow(s.closed, write); err != nil {
 		s.log.Info("Control client left; the operation goes on", "op", req.Op, "err", err)
 	}
 }

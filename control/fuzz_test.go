@@ -1,4 +1,4 @@
-package main
+package control
 
 import (
 	"bufio"
@@ -19,23 +19,23 @@ import (
 // server on a unix socket. Whatever arrives, the server answers with
 // exactly one JSON result line and closes; the handler sees a request only
 // when the bytes start with one well-formed Request of known fields within
-// maxRequestBytes, and then sees exactly that request.
+// MaxRequestBytes, and then sees exactly that request.
 // Seeds: testdata/fuzz/FuzzControlRequest.
 func FuzzControlRequest(f *testing.F) {
 	f.Add([]byte(`{"op":"deploy","url":"https://u:p@h/a.tgz?checksum=sha256:00","id":"42","wait":true}`))
 	f.Add([]byte(`{"op":"status"}` + "\n" + `{"op":"deploy"}`))
 	path := filepath.Join(f.TempDir(), "agent.sock")
-	ln, err := listenControl(path, -1, discard())
+	ln, err := Listen(path, -1, discard())
 	if err != nil {
 		f.Fatal(err)
 	}
 	var mu sync.Mutex
 	var got []Request
-	srv := newControlServer(ln, nil, nil, discard(), func(req Request) *opLog {
+	srv := NewServer(ln, nil, nil, discard(), func(req Request) *Log {
 		mu.Lock()
 		got = append(got, req)
 		mu.Unlock()
-		return finishedLog(Message{Code: codeOK, Op: req.Op})
+		return FinishedLog(Message{Code: CodeOK, Op: req.Op})
 	})
 	srv.reqTimeout = 2 * time.Second
 	done := make(chan error, 1)
@@ -81,16 +81,16 @@ func FuzzControlRequest(f *testing.F) {
 
 		// What the server should have decoded.
 		var want Request
-		dec := json.NewDecoder(bufio.NewReader(io.LimitReader(bytes.NewReader(payload), maxRequestBytes)))
+		dec := json.NewDecoder(bufio.NewReader(io.LimitReader(bytes.NewReader(payload), MaxRequestBytes)))
 		dec.DisallowUnknownFields()
 		valid := dec.Decode(&want) == nil
 		mu.Lock()
 		seen := got
 		mu.Unlock()
 		switch {
-		case valid && (len(seen) != 1 || seen[0] != want || res.Code != codeOK):
+		case valid && (len(seen) != 1 || seen[0] != want || res.Code != CodeOK):
 			t.Fatalf("valid request %+v: handler saw %+v, reply %q", want, seen, reply)
-		case !valid && (len(seen) != 0 || res.Code != codeUsage || !strings.HasPrefix(res.Error, "bad request: ")):
+		case !valid && (len(seen) != 0 || res.Code != CodeUsage || !strings.HasPrefix(res.Error, "bad request: ")):
 			t.Fatalf("invalid request %q: handler saw %+v, reply %q", payload, seen, reply)
 		}
 	})
@@ -134,7 +134,7 @@ func FuzzCallReply(f *testing.F) {
 		ch := make(chan answer, 1)
 		go func() {
 			n := 0
-			res, err := call(path, Request{Op: opStatus}, func(Message) { n++ })
+			res, err := Call(path, Request{Op: OpStatus}, func(Message) { n++ })
 			ch <- answer{res, err, n}
 		}()
 		replies <- payload

@@ -1,4 +1,6 @@
-package main
+//go:build linux
+
+package control
 
 import (
 	"sync"
@@ -9,10 +11,10 @@ import (
 // progress and output events are dropped (stage events and the result never).
 const maxLogMessages = 20000
 
-// opLog is the event stream of one request. The operation appends; any number
+// Log is the event stream of one request. The operation appends; any number
 // of followers (control connections) read it at their own pace, so a slow or
 // vanished client never blocks or aborts the operation.
-type opLog struct {
+type Log struct {
 	mu     sync.Mutex
 	msgs   []Message
 	done   bool
@@ -20,18 +22,18 @@ type opLog struct {
 	result Message
 }
 
-func newOpLog() *opLog { return &opLog{wake: make(chan struct{})} }
+func NewLog() *Log { return &Log{wake: make(chan struct{})} }
 
-// finishedLog returns a log that holds only result.
-func finishedLog(result Message) *opLog {
-	l := newOpLog()
-	l.finish(result)
+// FinishedLog returns a log that holds only result.
+func FinishedLog(result Message) *Log {
+	l := NewLog()
+	l.Finish(result)
 	return l
 }
 
-// emit appends an event. Events after finish are dropped.
-func (l *opLog) emit(m Message) {
-	m.Type = "event"
+// Emit appends an event. Events after finish are dropped.
+func (l *Log) Emit(m Message) {
+	m.Type = TypeEvent
 	if m.Time.IsZero() {
 		m.Time = time.Now()
 	}
@@ -48,9 +50,9 @@ func (l *opLog) emit(m Message) {
 	l.wake = make(chan struct{})
 }
 
-// finish appends the result and ends the stream. Only the first call counts.
-func (l *opLog) finish(result Message) {
-	result.Type = "result"
+// Finish appends the result and ends the stream. Only the first call counts.
+func (l *Log) Finish(result Message) {
+	result.Type = TypeResult
 	if result.Time.IsZero() {
 		result.Time = time.Now()
 	}
@@ -67,16 +69,16 @@ func (l *opLog) finish(result Message) {
 }
 
 // Result returns the result once finished.
-func (l *opLog) Result() (Message, bool) {
+func (l *Log) Result() (Message, bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.result, l.done
 }
 
-// follow calls fn for every message from the first to the result, waiting
+// Follow calls fn for every message from the first to the result, waiting
 // for new ones. It returns fn's first error, or nil after the result, or
 // when stop is closed.
-func (l *opLog) follow(stop <-chan struct{}, fn func(Message) error) error {
+func (l *Log) Follow(stop <-chan struct{}, fn func(Message) error) error {
 	i := 0
 	for {
 		l.mu.Lock()

@@ -1,4 +1,6 @@
-package main
+//go:build linux
+
+package control
 
 import (
 	"bufio"
@@ -19,7 +21,7 @@ const dialTimeout = 5 * time.Second
 // nil) and returns the result. Failing to connect, or losing the connection
 // before the result, is an error wrapping ErrUnreachable (exit 3); a
 // malformed message from the agent is any other error (exit 1).
-func call(socket string, req Request, onEvent func(Message)) (Message, error) {
+func Call(socket string, req Request, onEvent func(Message)) (Message, error) {
 	c, err := net.DialTimeout("unix", socket, dialTimeout)
 	if err != nil {
 		hint := ""
@@ -43,7 +45,7 @@ func call(socket string, req Request, onEvent func(Message)) (Message, error) {
 		if err := json.Unmarshal(sc.Bytes(), &m); err != nil {
 			return Message{}, fmt.Errorf("control socket %s: bad message from agent: %v", socket, err)
 		}
-		if m.Type == "result" {
+		if m.Type == TypeResult {
 			return m, nil
 		}
 		if onEvent != nil {

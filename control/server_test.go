@@ -1,4 +1,4 @@
-package main
+package control
 
 import (
 	"bufio"
@@ -19,14 +19,14 @@ import (
 func discard() *slog.Logger { return slog.New(slog.DiscardHandler) }
 
 // startControl serves a control socket in t.TempDir with handle.
-func startControl(t *testing.T, handle func(Request) *opLog, opts ...func(*controlServer)) (*controlServer, string) {
+func startControl(t *testing.T, handle func(Request) *Log, opts ...func(*Server)) (*Server, string) {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "agent.sock")
-	ln, err := listenControl(path, -1, discard())
+	ln, err := Listen(path, -1, discard())
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := newControlServer(ln, nil, nil, discard(), handle)
+	s := NewServer(ln, nil, nil, discard(), handle)
 	for _, o := range opts {
 		o(s)
 	}
@@ -41,20 +41,20 @@ func startControl(t *testing.T, handle func(Request) *opLog, opts ...func(*contr
 	return s, path
 }
 
-func TestControlServer_streamsEventsThenResult(t *testing.T) {
-	_, path := startControl(t, func(req Request) *opLog {
-		l := newOpLog()
-		l.emit(Message{Stage: "fetch", Message: "got " + req.URL})
-		l.emit(Message{Stage: "reload", Message: "ready"})
-		l.finish(Message{Code: codeOK, ID: req.ID})
+func TestServer_streamsEventsThenResult(t *testing.T) {
+	_, path := startControl(t, func(req Request) *Log {
+		l := NewLog()
+		l.Emit(Message{Stage: "fetch", Message: "got " + req.URL})
+		l.Emit(Message{Stage: "reload", Message: "ready"})
+		l.Finish(Message{Code: CodeOK, ID: req.ID})
 		return l
 	})
 	var events []string
-	res, err := call(path, Request{Op: opDeploy, URL: "u", ID: "42"}, func(m Message) { events = append(events, m.Stage+":"+m.Message) })
+	res, err := Call(path, Request{Op: OpDeploy, URL: "u", ID: "42"}, func(m Message) { events = append(events, string(m.Stage)+":"+m.Message) })
 	if err != nil {
 		t.Fatal(err)
 	}
-	if res.Code != codeOK || res.ID != "42" || res.Type != "result" {
+	if res.Code != CodeOK || res.ID != "42" || res.Type != "result" {
 		t.Errorf("result = %+v", res)
 	}
 	if got := strings.Join(events, ","); got != "fetch:got u,reload:ready" {
@@ -69,16 +69,16 @@ func TestControlServer_streamsEventsThenResult(t *testing.T) {
 	}
 }
 
-func TestControlServer_badRequests(t *testing.T) {
-	_, path := startControl(t, func(req Request) *opLog { return finishedLog(Message{Code: codeOK}) },
-		func(s *controlServer) { s.reqTimeout = 200 * time.Millisecond })
+func TestServer_badRequests(t *testing.T) {
+	_, path := startControl(t, func(req Request) *Log { return FinishedLog(Message{Code: CodeOK}) },
+		func(s *Server) { s.reqTimeout = 200 * time.Millisecond })
 	tests := []struct {
 		name string
 		send string
 		want string
 	}{
 		{name: "silent client", send: "", want: "bad request: no request within 200ms"},
-		{name: "oversize", send: `{"op":"deploy","url":"` + strings.Repeat("x", maxRequestBytes+10), want: "bad request: incomplete or larger than 65536 bytes"},
+		{name: "oversize", send: `{"op":"deploy","url":"` + strings.Repeat("x", MaxRequestBytes+10), want: "bad request: incomplete or larger than 65536 bytes"},
 		{name: "not json", send: "hello\n", want: "bad request: invalid character"},
 		{name: "unknown field", send: `{"op":"deploy","force":true}` + "\n", want: `bad request: json: unknown field "force"`},
 	}
@@ -101,32 +101,32 @@ func TestControlServer_badRequests(t *testing.T) {
 			if err := json.Unmarshal([]byte(line), &m); err != nil {
 				t.Fatal(err)
 			}
-			if m.Type != "result" || m.Code != codeUsage || !strings.HasPrefix(m.Error, tt.want) {
+			if m.Type != "result" || m.Code != CodeUsage || !strings.HasPrefix(m.Error, tt.want) {
 				t.Errorf("got %+v, want usage %q", m, tt.want)
 			}
 		})
 	}
 }
 
-func TestControlServer_clientLeavingDoesNotAbort(t *testing.T) {
+func TestServer_clientLeavingDoesNotAbort(t *testing.T) {
 	release := make(chan struct{})
 	var wg sync.WaitGroup
 	var mu sync.Mutex
-	var final *opLog
-	_, path := startControl(t, func(req Request) *opLog {
-		l := newOpLog()
+	var final *Log
+	_, path := startControl(t, func(req Request) *Log {
+		l := NewLog()
 		mu.Lock()
 		final = l
 		mu.Unlock()
 		wg.Add(1)
 		go func() { // stands in for the daemon's operation goroutine
 			defer wg.Done()
-			l.emit(Message{Stage: "fetch", Message: "started"})
+			l.Emit(Message{Stage: "fetch", Message: "started"})
 			<-release
 			for i := 0; i < 1000; i++ { // more than a socket buffer, nobody reading
-				l.emit(Message{Stage: "reload", Kind: "output", Message: strings.Repeat("y", 200)})
+				l.Emit(Message{Stage: "reload", Kind: "output", Message: strings.Repeat("y", 200)})
 			}
-			l.finish(Message{Code: codeOK, ID: "done"})
+			l.Finish(Message{Code: CodeOK, ID: "done"})
 		}()
 		return l
 	})
@@ -134,7 +134,7 @@ func TestControlServer_clientLeavingDoesNotAbort(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	json.NewEncoder(c).Encode(Request{Op: opDeploy, URL: "u"})
+	json.NewEncoder(c).Encode(Request{Op: OpDeploy, URL: "u"})
 	if _, err := bufio.NewReader(c).ReadString('\n'); err != nil {
 		t.Fatal(err)
 	}
@@ -144,7 +144,7 @@ func TestControlServer_clientLeavingDoesNotAbort(t *testing.T) {
 	mu.Lock()
 	res, done := final.Result()
 	mu.Unlock()
-	if !done || res.Code != codeOK || res.ID != "done" {
+	if !done || res.Code != CodeOK || res.ID != "done" {
 		t.Fatalf("operation result = %+v, %v", res, done)
 	}
 }
@@ -159,23 +159,23 @@ func TestListenControl_staleAndLive(t *testing.T) {
 	}
 	ln.SetUnlinkOnClose(false)
 	ln.Close()
-	live, err := listenControl(path, -1, discard())
+	live, err := Listen(path, -1, discard())
 	if err != nil {
 		t.Fatalf("stale socket not replaced: %v", err)
 	}
 	defer live.Close()
-	if _, err := listenControl(path, -1, discard()); !errors.Is(err, ErrAgentRunning) {
+	if _, err := Listen(path, -1, discard()); !errors.Is(err, ErrAgentRunning) {
 		t.Errorf("second listen = %v, want ErrAgentRunning", err)
 	}
 	file := filepath.Join(dir, "plain")
 	os.WriteFile(file, nil, 0o644)
-	if _, err := listenControl(file, -1, discard()); err == nil || !strings.Contains(err.Error(), "not a socket") {
+	if _, err := Listen(file, -1, discard()); err == nil || !strings.Contains(err.Error(), "not a socket") {
 		t.Errorf("listen over a regular file = %v", err)
 	}
 }
 
-func TestControlServer_allowed(t *testing.T) {
-	s := &controlServer{allowUIDs: []int{1001}, allowGIDs: []int{2002}}
+func TestServer_allowed(t *testing.T) {
+	s := &Server{allowUIDs: []int{1001}, allowGIDs: []int{2002}}
 	me := os.Getuid()
 	tests := []struct {
 		name string
@@ -201,13 +201,13 @@ func TestControlServer_allowed(t *testing.T) {
 }
 
 func TestOpLog_followAfterFinish(t *testing.T) {
-	l := newOpLog()
-	l.emit(Message{Stage: "a"})
-	l.finish(Message{Code: codeBusy})
-	l.emit(Message{Stage: "late"})
-	l.finish(Message{Code: codeOK})
+	l := NewLog()
+	l.Emit(Message{Stage: "a"})
+	l.Finish(Message{Code: CodeBusy})
+	l.Emit(Message{Stage: "late"})
+	l.Finish(Message{Code: CodeOK})
 	var got []string
-	if err := l.follow(nil, func(m Message) error { got = append(got, m.Type+":"+m.Stage+m.Code); return nil }); err != nil {
+	if err := l.Follow(nil, func(m Message) error { got = append(got, m.Type+":"+string(m.Stage)+m.Code); return nil }); err != nil {
 		t.Fatal(err)
 	}
 	if strings.Join(got, ",") != "event:a,result:busy" {

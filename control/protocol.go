@@ -1,27 +1,29 @@
-package main
+//go:build linux
+
+package control
 
 import (
 	"time"
 )
 
 // The control protocol: the client connects to the unix socket, writes one
-// JSON Request (at most maxRequestBytes, within requestTimeout), and reads
-// JSON lines: zero or more Message{Type:"event"} and exactly one final
-// Message{Type:"result"}, after which the agent closes the connection.
+// JSON Request (at most MaxRequestBytes, within RequestTimeout), and reads
+// JSON lines: zero or more Message{Type: TypeEvent} and exactly one final
+// Message{Type: TypeResult}, after which the agent closes the connection.
 
 const (
-	maxRequestBytes = 64 << 10
-	requestTimeout  = 5 * time.Second
+	MaxRequestBytes = 64 << 10
+	RequestTimeout  = 5 * time.Second
 )
 
 // Request ops.
 const (
-	opDeploy   = "deploy"
-	opRollback = "rollback"
-	opReload   = "reload"
-	opStatus   = "status"
-	opHistory  = "history"
-	opPing     = "ping"
+	OpDeploy   = "deploy"
+	OpRollback = "rollback"
+	OpReload   = "reload"
+	OpStatus   = "status"
+	OpHistory  = "history"
+	OpPing     = "ping"
 )
 
 // Request is what a client sends.
@@ -35,39 +37,45 @@ type Request struct {
 
 // Stable result codes. The exit code of the CLI follows from the code.
 const (
-	codeOK         = "ok"         // exit 0
-	codeFailed     = "failed"     // exit 1: deploy/rollback/reload failed; Restored says what serves
-	codeNotFound   = "not_found"  // exit 1: no such release / no rollback target / nothing deployed
-	codeInternal   = "internal"   // exit 1: the agent could not do its part (disk, state file)
-	codeUsage      = "usage"      // exit 2: the request itself is invalid
-	codeForbidden  = "forbidden"  // exit 3: the peer's uid/gid is not allowed
-	codeBusy       = "busy"       // exit 4: another deploy/rollback/reload runs
-	codeSuperseded = "superseded" // exit 4: a newer --wait request replaced this one in the queue
+	CodeOK         = "ok"         // exit 0
+	CodeFailed     = "failed"     // exit 1: deploy/rollback/reload failed; Restored says what serves
+	CodeNotFound   = "not_found"  // exit 1: no such release / no rollback target / nothing deployed
+	CodeInternal   = "internal"   // exit 1: the agent could not do its part (disk, state file)
+	CodeUsage      = "usage"      // exit 2: the request itself is invalid
+	CodeForbidden  = "forbidden"  // exit 3: the peer's uid/gid is not allowed
+	CodeBusy       = "busy"       // exit 4: another deploy/rollback/reload runs
+	CodeSuperseded = "superseded" // exit 4: a newer --wait request replaced this one in the queue
 )
 
-func exitCodeFor(code string) int {
+func ExitCode(code string) int {
 	switch code {
-	case codeOK:
+	case CodeOK:
 		return 0
-	case codeUsage:
+	case CodeUsage:
 		return 2
-	case codeForbidden:
+	case CodeForbidden:
 		return 3
-	case codeBusy, codeSuperseded:
+	case CodeBusy, CodeSuperseded:
 		return 4
 	default:
 		return 1
 	}
 }
 
+// Message types.
+const (
+	TypeEvent  = "event"  // progress of the request; any number
+	TypeResult = "result" // the outcome; exactly one, last
+)
+
 // Message is one JSON line from the agent.
 type Message struct {
-	Type string    `json:"type"` // "event" or "result"
+	Type string    `json:"type"` // TypeEvent or TypeResult
 	Time time.Time `json:"time"`
 
 	// Events.
-	Stage   string `json:"stage,omitempty"`   // queued, lock, fetch, link, pre-activate, activate, reload, post-deploy, post-rollback, on-failure, restore, record, prune, ...
-	Kind    string `json:"kind,omitempty"`    // start, progress, output, worker, done, warn
+	Stage   Stage  `json:"stage,omitempty"`   // events.go
+	Kind    Kind   `json:"kind,omitempty"`    // events.go
 	Message string `json:"message,omitempty"` // human line
 	Done    int64  `json:"done,omitempty"`    // fetch progress bytes
 	Total   int64  `json:"total,omitempty"`   // -1 when unknown
@@ -85,7 +93,7 @@ type Message struct {
 	Failures []WorkerVerdict `json:"failures,omitempty"`
 	Elapsed  float64         `json:"elapsed_s,omitempty"`
 	// ListenLost: listening sockets a worker took down during the
-	// operation, and how long each was down (listenwatch.go).
+	// operation, and how long each was down.
 	ListenLost []ListenLostDoc `json:"listen_lost,omitempty"`
 	Status     *StatusDoc      `json:"status,omitempty"`
 	History    []HistoryEntry  `json:"history,omitempty"`
@@ -157,4 +165,19 @@ type WorkerDoc struct {
 	Uptime   float64 `json:"uptime_s"`
 	LastExit string  `json:"last_exit,omitempty"`
 	Backoff  float64 `json:"backoff_s,omitempty"` // while crash-looping: the restart delay
+}
+
+// ListenLostDoc is one lost listening socket, in `agent status` and in the
+// result of the operation during which it happened.
+type ListenLostDoc struct {
+	Time     time.Time `json:"time"`                // when the agent saw it
+	Socket   string    `json:"socket"`              // the [[listen]] name
+	Address  string    `json:"address"`             // host:port or unix:/path
+	Reason   string    `json:"reason"`              // "shut down", "path removed", "path replaced"
+	Restored string    `json:"restored"`            // "rebound" (a new socket) or "relinked" (the path back on the same socket)
+	Adopted  bool      `json:"adopted,omitempty"`   // it was a systemd socket unit's; the new one is the agent's
+	Stopping int       `json:"stopping,omitempty"`  // the generation being stopped when it happened
+	RefusedS float64   `json:"refused_s"`           // at most this long, connections were refused (or found no path)
+	DownS    float64   `json:"down_s,omitempty"`    // at most this long, nothing was served on it: until a generation served on the new socket (0: not yet)
+	ServedBy int       `json:"served_by,omitempty"` // that generation
 }

@@ -1,4 +1,4 @@
-package main
+package config
 
 import (
 	"errors"
@@ -10,7 +10,7 @@ import (
 )
 
 // FuzzParseConfig feeds arbitrary text to the config loader. It must never
-// panic; a refusal is a *ConfigError whose every problem has a position
+// panic; a refusal is a *Error whose every problem has a position
 // inside the file and prints as "deploy.toml:LINE:COL: …"; an accepted
 // config satisfies every invariant the daemon relies on.
 // Seeds: testdata/fuzz/FuzzParseConfig and the repository's
@@ -24,12 +24,12 @@ func FuzzParseConfig(f *testing.F) {
 		const path = "deploy.toml"
 		cfg, err := parseConfig(path, src)
 		if err != nil {
-			var ce *ConfigError
+			var ce *Error
 			if !errors.As(err, &ce) {
-				t.Fatalf("refusal is a %T, not a *ConfigError: %v", err, err)
+				t.Fatalf("refusal is a %T, not a *Error: %v", err, err)
 			}
 			if len(ce.Problems) == 0 {
-				t.Fatalf("ConfigError with no problem")
+				t.Fatalf("Error with no problem")
 			}
 			lines := strings.Count(src, "\n") + 1
 			for _, p := range ce.Problems {
@@ -101,3 +101,25 @@ func FuzzParseConfig(f *testing.F) {
 		}
 	})
 }
+
+// baseConfig is the agent end-to-end tests' config template, unformatted
+// (root = %q is itself a seed the loader must refuse).
+const baseConfig = `root = %q
+keep_releases = 3
+
+[app]
+command = ["node", "server.js"]
+workers = 2
+drain_timeout = "10s"
+
+[[listen]]
+name = "http"
+address = "127.0.0.1:0"
+
+[readiness]
+timeout = "10s"
+
+[restart]
+backoff_min = "50ms"
+backoff_max = "1s"
+`
