@@ -25,7 +25,7 @@ import (
 const liveConfig = `root = %q
 
 [app]
-command = ["node", "server.js"]
+command = ["node", %q]
 workers = %d
 drain_timeout = "10s"
 env = { GREETING = %q }
@@ -47,10 +47,15 @@ type liveSetup struct {
 	*setup
 	p       *agentProc
 	envFile string
+	script  string // the app's file: server.js
 }
 
 func (s *liveSetup) write(workers int, greeting, appExtra, addr string) {
-	s.writeConfig(fmt.Sprintf(liveConfig, s.root, workers, greeting, appExtra, addr))
+	script := s.script
+	if script == "" {
+		script = "server.js"
+	}
+	s.writeConfig(fmt.Sprintf(liveConfig, s.root, script, workers, greeting, appExtra, addr))
 }
 
 func (s *liveSetup) writeEnv(text string, mode os.FileMode) {
@@ -276,6 +281,24 @@ func TestE2E_configLive(t *testing.T) {
 	s.write(2, "four", "", "127.0.0.1:0")
 	s.mustDo("reload")
 	before = s.expectWorkers(2, "four", secret1)
+
+	// A valid config whose generation fails: the old workers go on and the
+	// previous config is in force again.
+	goodDigest = fileDigest(t, s.cfg)
+	s.script = "missing.js"
+	s.write(2, "five", "", "127.0.0.1:0")
+	res, r = s.reloadJSON("-c", s.cfg)
+	if r.code != 1 || res.Config == nil || res.Config.Applied || res.Config.Before != goodDigest || res.Config.After != goodDigest ||
+		res.Config.Read != fileDigest(t, s.cfg) || !strings.Contains(r.stdout, "previous config") {
+		t.Errorf("reload of a config whose workers fail: %+v\n%v", res.Config, r)
+	}
+	if st := s.st(); st.Config.Digest != goodDigest {
+		t.Errorf("after the failed generation the config in force is %s, want %s", st.Config.Digest, goodDigest)
+	}
+	_, after = s.serving()
+	samePids(t, "failed generation", before, after)
+	s.script = ""
+	s.write(2, "four", "", "127.0.0.1:0")
 
 	// A bad line in the env file: the reload fails with path:line, the
 	// workers go on; then the secret is rotated (the file world-readable
