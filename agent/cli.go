@@ -78,6 +78,16 @@ func setupReload(fs *flag.FlagSet) func([]string) int {
 		if len(args) != 0 {
 			return usageErr("reload takes no arguments")
 		}
+		if cf.socket == "" {
+			// The agent re-reads the file itself; one this client cannot
+			// read is refused here already, with its errors.
+			sock, code := cf.socketPath()
+			if code != exitOK {
+				fmt.Fprintln(os.Stderr, "agent: reload not sent: nothing changed; the agent's running config stays in force")
+				return code
+			}
+			cf.socket = sock
+		}
 		return clientOp(&cf, control.Request{Op: control.OpReload}, *asJSON)
 	}
 }
@@ -200,8 +210,26 @@ func printSuccess(w io.Writer, req control.Request, res control.Message) {
 		fmt.Fprintf(w, " (was %s)", res.From)
 	}
 	fmt.Fprintln(w)
+	if c := res.Config; c != nil {
+		printConfigChange(w, c)
+	}
 	for _, l := range res.ListenLost {
 		fmt.Fprintf(w, "warning: %s\n", summarizeLost(&l))
+	}
+}
+
+// printConfigChange is the line of a reload's re-read config: the keys it
+// changed, never a value.
+func printConfigChange(w io.Writer, c *control.ConfigChange) {
+	switch {
+	case c.Applied && len(c.Changed) > 0:
+		fmt.Fprintf(w, "config %s: changed %s (%s -> %s)\n", c.Path, strings.Join(c.Changed, ", "), c.Before, c.After)
+	case c.Applied:
+		fmt.Fprintf(w, "config %s: no key changed (%s -> %s)\n", c.Path, c.Before, c.After)
+	case c.Read != "" && c.Read != c.Before && len(c.Changed) > 0:
+		fmt.Fprintf(w, "config %s: not applied (would change %s); in force: %s\n", c.Path, strings.Join(c.Changed, ", "), c.Before)
+	default:
+		fmt.Fprintf(w, "config %s: unchanged (%s)\n", c.Path, c.Before)
 	}
 }
 
@@ -222,6 +250,14 @@ func printFailure(w io.Writer, req control.Request, res control.Message) {
 		return
 	case control.CodeUsage:
 		fmt.Fprintf(w, "agent: %s: %s\n", what, res.Error)
+		return
+	case control.CodeConfig, control.CodeRestartNeeded:
+		fmt.Fprintln(w, res.Error)
+		inForce := ""
+		if res.Config != nil {
+			inForce = " (" + res.Config.Before + ")"
+		}
+		fmt.Fprintf(w, "agent: %s refused: nothing changed; the running config%s stays in force\n", what, inForce)
 		return
 	}
 	fmt.Fprintf(w, "%s failed: %s\n", what, res.Error)
@@ -421,6 +457,12 @@ func printStatus(w io.Writer, s *control.StatusDoc) {
 	}
 	if s.Waiting != nil {
 		fmt.Fprintf(tw, "queued\t%s %s since %s\n", s.Waiting.Op, s.Waiting.ID, s.Waiting.Since.Local().Format("15:04:05"))
+	}
+	if c := s.Config; c != nil {
+		fmt.Fprintf(tw, "config\t%s %s, read %s\n", c.Path, c.Digest, c.Since.Local().Format("2006-01-02 15:04:05"))
+		for _, f := range c.EnvFiles {
+			fmt.Fprintf(tw, "env file\t%s %s: %s\n", f.Path, f.Digest, strings.Join(f.Keys, ", "))
+		}
 	}
 	if s.ListenersLost > 0 {
 		fmt.Fprintf(tw, "listeners lost\t%d, last at %s: %s\n", s.ListenersLost, s.LastListenerLost.Time.Local().Format("15:04:05"), summarizeLost(s.LastListenerLost))

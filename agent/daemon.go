@@ -57,13 +57,19 @@ func setupRun(fs *flag.FlagSet) func([]string) int {
 // and the control socket. One operation (deploy, rollback, reload) runs at a
 // time; at most one more waits, and a newer waiter supersedes it.
 type daemon struct {
-	cfg    *config.Config
-	log    *slog.Logger
-	store  *release.Store
-	socks  *cluster.Sockets
-	master *cluster.Master
-	hooks  *hooks.Runner
-	start  time.Time
+	// cfg is the config in force: replaced by the running operation
+	// (configlive.go) under mu; operations read it freely, others under mu.
+	cfg         *config.Config
+	cfgSince    time.Time            // when cfg was read; guarded like cfg
+	envFiles    []control.EnvFileDoc // as the serving generation read them; guarded by mu
+	nodePreload string               // the Node adapter's preload, once written
+	srv         *control.Server      // the control server, once it serves
+	log         *slog.Logger
+	store       *release.Store
+	socks       *cluster.Sockets
+	master      *cluster.Master
+	hooks       *hooks.Runner
+	start       time.Time
 
 	mu       sync.Mutex
 	running  *op
@@ -82,6 +88,7 @@ type op struct {
 	started time.Time       // set by execute
 	log     *control.Log
 	first   bool                     // the start-up generation: not recorded in history
+	reread  bool                     // a reload asked for (CLI, SIGHUP): re-reads the config file first
 	recover bool                     // a reload onto a replaced listening socket
 	lost    []*control.ListenLostDoc // listening sockets lost during it; guarded by daemon.mu
 }
@@ -125,7 +132,7 @@ func notify(log *slog.Logger, states ...string) {
 // runDaemon is `agent run`: config → open → serve → shut down. It returns
 // the exit code.
 func runDaemon(cfg *config.Config, log *slog.Logger) int {
-	d := &daemon{cfg: cfg, log: log, start: time.Now(), hooks: &hooks.Runner{Timeout: cfg.Hooks.Timeout, Logger: log}}
+	d := &daemon{cfg: cfg, cfgSince: time.Now(), log: log, start: time.Now(), hooks: &hooks.Runner{Timeout: cfg.Hooks.Timeout, Logger: log}}
 	log.Info("Starting", "version", agentVersion(), "config", cfg.Path, "root", cfg.Root, "pid", os.Getpid())
 	if code := d.openRoot(); code != exitOK {
 		return code
@@ -160,11 +167,9 @@ func runDaemon(cfg *config.Config, log *slog.Logger) int {
 
 // openRoot opens the release root.
 func (d *daemon) openRoot() int {
-	f := d.cfg.Fetch
-	store, err := release.Open(d.cfg.Root, release.Options{
-		Allow: f.Allow, AllowHosts: f.AllowHosts, RequireChecksum: f.RequireChecksum, MaxBytes: f.MaxBytes,
-		MaxFiles: f.MaxFiles, Timeout: f.Timeout, Logger: d.log,
-	})
+	opts := fetchOptions(d.cfg.Fetch)
+	opts.Logger = d.log
+	store, err := release.Open(d.cfg.Root, opts)
 	if err != nil {
 		d.log.Error("Cannot open the release root", "err", err)
 		return exitFailed
@@ -211,26 +216,15 @@ func (d *daemon) openListeners() int {
 // startMaster starts the worker master (or resumes the one handed over),
 // with no generation yet.
 func (d *daemon) startMaster() int {
-	cfg := d.cfg
-	env := cfg.App.EnvList()
-	if cfg.App.Adapter == config.AdapterNode {
-		path, extra, err := setupNodeAdapter(cfg.App, cfg.Root, d.socks.Names(), d.socks.Addrs(), d.socks.Inodes(), !d.up.resumed)
-		if err != nil {
-			d.log.Error("Cannot set up the Node adapter", "err", err)
-			return exitFailed
-		}
-		env = append(env, extra...)
-		d.log.Info("Node adapter", "preload", path)
+	cc, err := d.clusterConfig(d.cfg, !d.up.resumed)
+	if err != nil {
+		d.log.Error("Cannot set up the Node adapter", "err", err)
+		return exitFailed
 	}
-	r := cfg.Readiness
-	master, err := d.newMaster(cluster.Config{
-		Command: cfg.App.Command, Workers: cfg.App.Workers, Env: env, StopSignal: cfg.App.StopSignal,
-		DrainTimeout: cfg.App.DrainTimeout, RescueLinger: cfg.App.RescueLinger,
-		Readiness: cluster.Readiness{Mode: r.Mode, Timeout: r.Timeout, Quorum: r.Quorum, Delay: r.Delay, Probation: r.Probation,
-			HTTP: cluster.HTTPCheck{Path: r.HTTPPath, Host: r.HTTPHost, Status: r.HTTPStatus, Timeout: r.HTTPTimeout}},
-		BackoffMin: cfg.Restart.BackoffMin, BackoffMax: cfg.Restart.BackoffMax, Logger: d.log,
-		ListenCheck: listenCheck(cfg.App.ListenCheck), OnSocketLost: d.socketLost,
-	}, d.socks)
+	if d.nodePreload != "" {
+		d.log.Info("Node adapter", "preload", d.nodePreload)
+	}
+	master, err := d.newMaster(cc, d.socks)
 	if err != nil {
 		d.log.Error("Cannot start the worker master", "err", err)
 		return exitFailed
@@ -255,6 +249,7 @@ func (d *daemon) serveControl(ctx context.Context, ln *net.UnixListener) (*contr
 	d.mu.Unlock()
 	c := d.cfg.Control
 	srv := control.NewServer(ln, c.AllowUIDs, c.AllowGIDs, d.log, func(req control.Request) *control.Log { return d.submit(ctx, req) })
+	d.srv = srv
 	serveDone := make(chan error, 1)
 	go func() { serveDone <- srv.Serve() }()
 	d.log.Info("Control socket ready", "path", c.Socket)
@@ -291,7 +286,7 @@ func (d *daemon) serve(ctx context.Context, ln *net.UnixListener, sigs <-chan os
 			case syscall.SIGUSR2:
 				d.upgradeOnSignal(ctx, ln)
 			case syscall.SIGHUP:
-				d.log.Info("SIGHUP: reloading from current")
+				d.log.Info("SIGHUP: re-reading the config and reloading from current")
 				l := d.submit(ctx, control.Request{Op: control.OpReload})
 				if res, done := l.Result(); done && res.Code != control.CodeOK {
 					d.log.Warn("SIGHUP reload not started", "code", res.Code, "err", res.Error)
@@ -385,7 +380,7 @@ func (d *daemon) submit(ctx context.Context, req control.Request) *control.Log {
 		return control.FinishedLog(control.Message{Code: control.CodeUsage, Op: req.Op, Error: fmt.Sprintf("unknown op %q", req.Op)})
 	}
 
-	o := &op{req: req, since: time.Now(), log: control.NewLog()}
+	o := &op{req: req, since: time.Now(), log: control.NewLog(), reread: req.Op == control.OpReload}
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	switch {

@@ -36,12 +36,22 @@
 //     without re-running pre-activate; if it is current, nothing happens.
 //   - `agent run`: systemd Type=notify (READY=1 once the first generation
 //     serves or when there is none yet, RELOADING=1/READY=1 around every
-//     operation, STATUS= one line, STOPPING=1). SIGHUP reloads from current;
+//     operation, STATUS= one line, STOPPING=1). SIGHUP is `agent reload`;
 //     SIGTERM or SIGINT aborts a running operation (which restores current),
 //     drains every worker and exits 0. SIGUSR2 re-executes the agent binary
 //     now at its path in place (same pid), handing over the sockets, the
 //     control socket and the serving generation, whose workers never restart;
 //     it is refused while an operation runs (see cluster.Master.Upgrade).
+//   - Reload (CLI or SIGHUP; not the start-up generation, not a reload onto
+//     a replaced socket) re-reads the config file the agent started with
+//     (configlive.go): refused with code config (FILE:LINE:COL lines) or
+//     restart_needed (config.RestartKeys changed), exit 2, one error log
+//     line, and nothing changes; accepted, it is in force for the new
+//     generation and every later operation, and put back if that
+//     generation fails. The config in force is the serving generation's.
+//   - [app] env_file is read when each generation starts; values reach the
+//     workers only (cluster.GenerationSpec.Env), never a log line, status,
+//     history or --json (key names and sha256 digests only).
 //   - [app] adapter = "node": at start the agent writes nodepreload.cjs
 //     (embedded) to <root>/.agent/node/handoff-node-<hash>.cjs, in a 0700
 //     directory it owns, never into a release, and gives every worker

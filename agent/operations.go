@@ -72,17 +72,26 @@ func (d *daemon) reloadTo(ctx context.Context, o *op, id string) (*cluster.Reloa
 	return res, nil
 }
 
-// reloadOnce runs Master.Reload on release id, streaming worker events.
+// reloadOnce reads the env files and runs Master.Reload on release id,
+// streaming worker events. A refused env file starts nothing.
 func (d *daemon) reloadOnce(ctx context.Context, o *op, id string) (*cluster.ReloadResult, error) {
+	env, envDocs, err := d.generationEnv(o, d.cfg)
+	if err != nil {
+		return nil, err
+	}
 	var mu sync.Mutex
 	ready := map[int]int{} // generation -> workers ready
 	d.emit(o, control.StageReload, control.KindStart, "starting %d workers in releases/%s (readiness %s, timeout %s)", d.cfg.App.Workers, id, d.cfg.Readiness.Mode, d.cfg.Readiness.Timeout)
-	res, err := d.master.Reload(ctx, cluster.GenerationSpec{Dir: d.store.Dir(id), ReleaseID: id, Root: d.store.Root()}, func(ev cluster.ReloadEvent) {
+	spec := cluster.GenerationSpec{Dir: d.store.Dir(id), ReleaseID: id, Root: d.store.Root(), Env: env}
+	res, err := d.master.Reload(ctx, spec, func(ev cluster.ReloadEvent) {
 		mu.Lock()
 		defer mu.Unlock()
 		o.log.Emit(d.reloadMessage(ev, ready))
 	})
 	if err == nil {
+		d.mu.Lock()
+		d.envFiles = envDocs
+		d.mu.Unlock()
 		d.emit(o, control.StageReload, control.KindDone, "generation %d serving releases/%s: ready after %s, old generation retired after %s",
 			res.Generation, id, fmtDur(res.ReadyAfter), fmtDur(res.RetiredAfter))
 	}
@@ -121,6 +130,9 @@ func (d *daemon) reloadMessage(ev cluster.ReloadEvent, ready map[int]int) contro
 // reloadErr describes a failed reload in one line; the per-worker details
 // travel separately (failuresOf).
 func reloadErr(err error) error {
+	if envFileFailed(err) {
+		return fmt.Errorf("no new generation started: env file %w", err)
+	}
 	var re *cluster.ReloadError
 	if !errors.As(err, &re) {
 		return fmt.Errorf("new workers did not take over: %w", err)
@@ -313,7 +325,31 @@ func (d *daemon) rollbackTarget(o *op, prev string) (target string, res control.
 	return target, control.Message{}, true
 }
 
+// reload re-reads the config file (when asked by a client or SIGHUP:
+// configlive.go), then starts a new generation from current; a failed one
+// puts the previous config back.
 func (d *daemon) reload(ctx context.Context, o *op) control.Message {
+	if !o.reread {
+		return d.reloadCurrent(ctx, o)
+	}
+	ch, restore, refused := d.rereadConfig(o)
+	if refused != nil {
+		return *refused
+	}
+	res := d.reloadCurrent(ctx, o)
+	if res.Code == control.CodeNotFound && ch.Applied {
+		// Nothing deployed yet: the new config is all there is to apply.
+		res = control.Message{Code: control.CodeOK}
+		d.emit(o, control.StageReload, control.KindDone, "no current release: no workers to start; the new config applies to the first deploy")
+	} else if res.Code != control.CodeOK {
+		restore()
+	}
+	res.Config = ch
+	return res
+}
+
+// reloadCurrent starts a new generation from current.
+func (d *daemon) reloadCurrent(ctx context.Context, o *op) control.Message {
 	cur, err := d.store.Current()
 	if err != nil {
 		code := control.CodeInternal

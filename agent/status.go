@@ -43,7 +43,10 @@ func historyEntries(h []release.Event) []control.HistoryEntry {
 const lastDeploys = 10
 
 func (d *daemon) status() *control.StatusDoc {
-	st := &control.StatusDoc{Root: d.store.Root(), Socket: d.cfg.Control.Socket, PID: os.Getpid(), Version: agentVersion(),
+	d.mu.Lock()
+	sock := d.cfg.Control.Socket
+	d.mu.Unlock()
+	st := &control.StatusDoc{Root: d.store.Root(), Socket: sock, PID: os.Getpid(), Version: agentVersion(),
 		Uptime: time.Since(d.start).Seconds(), Listen: d.socks.Addrs(), Generations: []control.GenerationDoc{}, LastDeploys: []control.HistoryEntry{}}
 	cur, err := d.store.Current()
 	if err == nil {
@@ -55,6 +58,7 @@ func (d *daemon) status() *control.StatusDoc {
 	st.Running = d.running.running()
 	st.Waiting = d.waiting.running()
 	d.lostStatusLocked(st)
+	st.Config = d.configDocLocked()
 	d.mu.Unlock()
 	for _, g := range d.master.Status().Generations {
 		gd := control.GenerationDoc{ID: g.ID, ReleaseID: g.ReleaseID, Dir: g.Dir, State: g.State, Workers: []control.WorkerDoc{}}

@@ -34,9 +34,13 @@
 //   - Retiring a worker: StopSignal to its process group, up to DrainTimeout for
 //     the whole group to exit, then SIGKILL to the group. When a worker's leader
 //     exits on its own, what is left of its group is killed at once.
-//   - A generation is pinned to the directory resolved when it started;
-//     a crashed worker of the serving generation is restarted there with
-//     exponential backoff (BackoffMin..BackoffMax), never in a newer release.
+//   - A generation is pinned to the directory resolved when it started and
+//     to the config it started with (SetConfig applies to the next Reload
+//     only): a crashed worker of the serving generation is restarted there,
+//     with that command, worker env and GenerationSpec.Env, with
+//     exponential backoff (BackoffMin..BackoffMax), never in a newer
+//     release or config; it retires with its own StopSignal and
+//     DrainTimeout.
 //   - Every child is reaped by exactly one goroutine, and every goroutine is
 //     owned: Shutdown returns when all of them are gone.
 //   - Listen watch: no worker can take a socket down for good. The master
@@ -63,7 +67,7 @@
 //     workers with it (watchdog, Pdeathsig), as any dead master does.
 //
 // Worker environment: the master's own environment minus the variables it
-// owns, then Config.Env, then LISTEN_FDS, LISTEN_FDNAMES, LISTEN_PID,
+// owns, then Config.Env, then GenerationSpec.Env, then LISTEN_FDS, LISTEN_FDNAMES, LISTEN_PID,
 // NOTIFY_SOCKET (one socket per worker process: READY=1 and STATUS= from the
 // worker or any descendant count for that worker), DEPLOY_RELEASE_ID,
 // DEPLOY_RELEASE_DIR (the resolved directory), DEPLOY_ROOT and WORKER_ID

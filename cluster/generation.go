@@ -32,6 +32,7 @@ const (
 type generation struct {
 	m       *Master
 	id      int
+	cfg     Config // what it started with, for its life: never changed
 	spec    GenerationSpec
 	dir     string
 	created time.Time
@@ -109,12 +110,12 @@ func (s *slot) run(p *proc, err error) {
 			return
 		}
 		m.mu.Lock()
-		if up > max(m.cfg.BackoffMax, time.Second) {
+		if up > max(s.g.cfg.BackoffMax, time.Second) {
 			s.consecutive = 0
 		}
-		delay := m.cfg.BackoffMin << min(s.consecutive, 30)
-		if delay > m.cfg.BackoffMax || delay <= 0 {
-			delay = m.cfg.BackoffMax
+		delay := s.g.cfg.BackoffMin << min(s.consecutive, 30)
+		if delay > s.g.cfg.BackoffMax || delay <= 0 {
+			delay = s.g.cfg.BackoffMax
 		}
 		s.consecutive++
 		s.state, s.backoff = WorkerBackoff, delay

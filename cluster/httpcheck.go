@@ -118,7 +118,7 @@ type probeResult struct {
 // modeReady is called when the worker is ready by its mode: ready, or with
 // an HTTP check, the start of the check.
 func (p *proc) modeReady(how string) {
-	if p.m.cfg.Readiness.HTTP.Path == "" {
+	if p.cfg.Readiness.HTTP.Path == "" {
 		p.markReady(how)
 		return
 	}
@@ -135,7 +135,7 @@ func (p *proc) modeReady(how string) {
 // exits. It is owned by the process's bg group.
 func (p *proc) checkHTTP() {
 	defer p.bg.Done()
-	c := p.m.cfg.Readiness.HTTP
+	c := p.cfg.Readiness.HTTP
 	d, err := newSockDiag()
 	if err != nil {
 		p.recordProbe(probeResult{kind: probeFail, verdict: VerdictHTTPUnattributed + ": " + err.Error()})
@@ -287,7 +287,7 @@ func (p *proc) passHTTP() {
 	p.mu.Lock()
 	how, n, o := p.modeHow, p.probes, p.probesOther
 	p.mu.Unlock()
-	p.log.Info("Worker answered the HTTP check", "path", p.m.cfg.Readiness.HTTP.Path, "probes", n, "probes_taken_by_others", o)
+	p.log.Info("Worker answered the HTTP check", "path", p.cfg.Readiness.HTTP.Path, "probes", n, "probes_taken_by_others", o)
 	p.markReady(how + "+http")
 }
 
@@ -307,7 +307,7 @@ func (p *proc) awaitAccept(d *sockDiag, conn net.Conn, deadline time.Time) (uint
 			return ino, nil
 		}
 		if time.Now().After(deadline) {
-			return 0, fmt.Errorf("connection not accepted within %s", p.m.cfg.Readiness.HTTP.Timeout)
+			return 0, fmt.Errorf("connection not accepted within %s", p.cfg.Readiness.HTTP.Timeout)
 		}
 		t := time.NewTimer(wait)
 		select {

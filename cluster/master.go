@@ -22,6 +22,12 @@ type GenerationSpec struct {
 	Dir       string // release directory
 	ReleaseID string // DEPLOY_RELEASE_ID
 	Root      string // DEPLOY_ROOT
+	// Env holds KEY=VALUE pairs for this generation's workers only, after
+	// Config.Env (a key in both takes this value): what the caller read
+	// when the generation started (secrets from files). Every worker of the
+	// generation, restarts included, gets it; Upgrade hands it over with
+	// the generation. It never appears in Status or in the master's log.
+	Env []string
 }
 
 // ReloadEventKind says what a ReloadEvent reports.
@@ -125,6 +131,7 @@ type Master struct {
 	// mu guards the generations and what is counted across them; held
 	// briefly, never across a spawn, a signal or a wait.
 	mu      sync.Mutex
+	next    *Config       // per-generation settings for the next Reload (SetConfig); nil: cfg's
 	closed  bool          // Shutdown started: Reload and Upgrade return ErrClosed
 	gens    []*generation // live, oldest first
 	serving *generation
@@ -164,6 +171,37 @@ func NewMaster(cfg Config, socks *Sockets) (*Master, error) {
 	}
 	m.startListenWatch()
 	return m, nil
+}
+
+// SetConfig validates cfg and makes its per-generation settings (Command,
+// Workers, Env, StopSignal, DrainTimeout, RescueLinger, Readiness,
+// BackoffMin, BackoffMax) the ones of the next Reload. A generation keeps
+// the settings it started with for its whole life: its restarts, its
+// retirement and its drain never take a later SetConfig, so a reload that
+// fails leaves the serving generation exactly as it was. The settings of
+// the master itself (ShimPath, Logger, ListenCheck, OnSocketLost) are fixed
+// by NewMaster or ResumeMaster: those of cfg are ignored. An invalid cfg
+// returns an error wrapping ErrInvalidConfig and changes nothing.
+func (m *Master) SetConfig(cfg Config) error {
+	cfg.ShimPath, cfg.Logger, cfg.ListenCheck, cfg.OnSocketLost = m.cfg.ShimPath, m.cfg.Logger, m.cfg.ListenCheck, m.cfg.OnSocketLost
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return fmt.Errorf("set config: %w", err)
+	}
+	m.mu.Lock()
+	m.next = &cfg
+	m.mu.Unlock()
+	return nil
+}
+
+// nextConfig is the config the next Reload takes.
+func (m *Master) nextConfig() Config {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.next != nil {
+		return *m.next
+	}
+	return m.cfg
 }
 
 func (m *Master) emit(ev ReloadEvent) {
@@ -239,12 +277,16 @@ func (m *Master) Reload(ctx context.Context, spec GenerationSpec, events func(Re
 	m.reloadWG.Add(1)
 	defer m.reloadWG.Done()
 	m.nextGen++
+	gcfg := m.cfg
+	if m.next != nil {
+		gcfg = *m.next
+	}
 	g := &generation{
-		m: m, id: m.nextGen, spec: spec, dir: dir, created: start,
+		m: m, id: m.nextGen, cfg: gcfg, spec: spec, dir: dir, created: start,
 		promoted: make(chan struct{}), stopCh: make(chan struct{}), changed: make(chan struct{}, 1),
 		state: GenStarting, epoch: m.socks.Epoch(),
 	}
-	for i := range m.cfg.Workers {
+	for i := range gcfg.Workers {
 		g.slots = append(g.slots, &slot{g: g, id: i, state: WorkerStarting})
 	}
 	m.gens = append(m.gens, g)
@@ -255,7 +297,7 @@ func (m *Master) Reload(ctx context.Context, spec GenerationSpec, events func(Re
 		m.setEmitter(events)
 		defer m.setEmitter(nil)
 	}
-	m.log.Info("Reloading", "gen", g.id, "release", spec.ReleaseID, "dir", dir, "workers", m.cfg.Workers)
+	m.log.Info("Reloading", "gen", g.id, "release", spec.ReleaseID, "dir", dir, "workers", gcfg.Workers)
 
 	for _, s := range g.slots {
 		if chanClosed(m.closing) {
@@ -272,7 +314,7 @@ func (m *Master) Reload(ctx context.Context, spec GenerationSpec, events func(Re
 	cause := m.awaitQuorum(ctx, g)
 	readyAfter := time.Since(start)
 	if cause == nil {
-		m.emit(ReloadEvent{Kind: EventQuorum, Generation: g.id, Message: fmt.Sprintf("%d of %d ready after %s", m.cfg.Readiness.Quorum, m.cfg.Workers, readyAfter.Round(time.Millisecond))})
+		m.emit(ReloadEvent{Kind: EventQuorum, Generation: g.id, Message: fmt.Sprintf("%d of %d ready after %s", gcfg.Readiness.Quorum, gcfg.Workers, readyAfter.Round(time.Millisecond))})
 		cause = m.probation(ctx, g)
 	}
 	if cause != nil {
@@ -319,11 +361,11 @@ func (m *Master) retire(old *generation) (RescueStats, bool) {
 	m.reloadWG.Add(1)
 	go func() {
 		defer m.reloadWG.Done()
-		deadline := time.Now().Add(m.cfg.DrainTimeout)
+		deadline := time.Now().Add(old.cfg.DrainTimeout)
 		var st RescueStats
 		m.stopWatched(old, func() {
 			st = m.stopRescuing(old, deadline, func(beforeSignal func()) {
-				old.stop(m.cfg.StopSignal, deadline, time.Time{}, beforeSignal)
+				old.stop(old.cfg.StopSignal, deadline, time.Time{}, beforeSignal)
 			})
 		})
 		m.removeGen(old)
@@ -400,7 +442,7 @@ func chanClosed(c chan struct{}) bool {
 }
 
 func (m *Master) awaitQuorum(ctx context.Context, g *generation) error {
-	r := m.cfg.Readiness
+	r := g.cfg.Readiness
 	timer := time.NewTimer(r.Timeout)
 	defer timer.Stop()
 	for {
@@ -408,15 +450,15 @@ func (m *Master) awaitQuorum(ctx context.Context, g *generation) error {
 		if ready >= r.Quorum {
 			return nil
 		}
-		if exited > m.cfg.Workers-r.Quorum {
+		if exited > g.cfg.Workers-r.Quorum {
 			m.settle(ctx, g)
 			_, exited = m.counts(g)
-			return fmt.Errorf("%w (%d of %d exited, quorum %d)", ErrQuorumLost, exited, m.cfg.Workers, r.Quorum)
+			return fmt.Errorf("%w (%d of %d exited, quorum %d)", ErrQuorumLost, exited, g.cfg.Workers, r.Quorum)
 		}
 		select {
 		case <-g.changed:
 		case <-timer.C:
-			return fmt.Errorf("%w: %d of %d workers ready within %s, quorum %d", ErrReadinessTimeout, ready, m.cfg.Workers, r.Timeout, r.Quorum)
+			return fmt.Errorf("%w: %d of %d workers ready within %s, quorum %d", ErrReadinessTimeout, ready, g.cfg.Workers, r.Timeout, r.Quorum)
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-m.closing:
@@ -458,7 +500,7 @@ const (
 )
 
 func (m *Master) probation(ctx context.Context, g *generation) error {
-	d := m.cfg.Readiness.Probation
+	d := g.cfg.Readiness.Probation
 	if d <= 0 {
 		return nil
 	}
@@ -527,13 +569,13 @@ func (m *Master) fail(g *generation, cause error, start time.Time) error {
 	// retiring generation. In mode listen a worker that is not ready never
 	// registered the socket for accepting, so it gets a short grace only.
 	now := time.Now()
-	unready := now.Add(m.cfg.DrainTimeout)
-	if m.cfg.Readiness.Mode == ModeListen {
-		unready = now.Add(min(m.cfg.DrainTimeout, unreadyGrace))
+	unready := now.Add(g.cfg.DrainTimeout)
+	if g.cfg.Readiness.Mode == ModeListen {
+		unready = now.Add(min(g.cfg.DrainTimeout, unreadyGrace))
 	}
 	m.stopWatched(g, func() {
-		m.stopRescuing(g, now.Add(m.cfg.DrainTimeout), func(beforeSignal func()) {
-			g.stop(m.cfg.StopSignal, now.Add(m.cfg.DrainTimeout), unready, beforeSignal)
+		m.stopRescuing(g, now.Add(g.cfg.DrainTimeout), func(beforeSignal func()) {
+			g.stop(g.cfg.StopSignal, now.Add(g.cfg.DrainTimeout), unready, beforeSignal)
 		})
 	})
 	for i := range failures {
@@ -596,14 +638,18 @@ func (m *Master) Shutdown(ctx context.Context) error {
 
 		deadline, ok := ctx.Deadline()
 		if !ok {
-			deadline = time.Now().Add(m.cfg.DrainTimeout)
+			d := m.nextConfig().DrainTimeout
+			for _, g := range gens {
+				d = max(d, g.cfg.DrainTimeout)
+			}
+			deadline = time.Now().Add(d)
 		}
 		stopped := make(chan struct{})
 		go func() {
 			var wg sync.WaitGroup
 			for _, g := range gens {
 				wg.Add(1)
-				go func() { defer wg.Done(); g.stop(m.cfg.StopSignal, deadline, time.Time{}, nil) }()
+				go func() { defer wg.Done(); g.stop(g.cfg.StopSignal, deadline, time.Time{}, nil) }()
 			}
 			wg.Wait()
 			m.reloadWG.Wait()

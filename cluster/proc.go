@@ -28,6 +28,7 @@ const lastLinesKept = 20
 // is gone and its output is drained.
 type proc struct {
 	m            *Master
+	cfg          *Config // its generation's; read only
 	gen          int
 	worker       int
 	pid          int
@@ -75,7 +76,7 @@ type proc struct {
 // startProc starts worker `worker` of generation g.
 func (m *Master) startProc(g *generation, worker int) (*proc, error) {
 	p := &proc{
-		m: m, gen: g.id, worker: worker,
+		m: m, cfg: &g.cfg, gen: g.id, worker: worker,
 		ready: make(chan struct{}), exited: make(chan struct{}),
 		hurry: make(chan struct{}), done: make(chan struct{}),
 	}
@@ -100,7 +101,7 @@ func (m *Master) startProc(g *generation, worker int) (*proc, error) {
 	p.rOut, p.rErr = rOut, rErr
 	p.cmd = &exec.Cmd{
 		Path:   m.cfg.ShimPath,
-		Args:   append([]string{m.cfg.ShimPath}, m.cfg.Command...),
+		Args:   append([]string{m.cfg.ShimPath}, g.cfg.Command...),
 		Dir:    g.dir,
 		Env:    m.workerEnv(g, worker, notifyPath),
 		Stdout: wOut,
@@ -136,7 +137,7 @@ func (m *Master) startProc(g *generation, worker int) (*proc, error) {
 // its readiness watcher while it is not ready, and the one that waits for it.
 func (p *proc) run() {
 	p.startIO()
-	if p.m.cfg.Readiness.Mode != ModeNotify && !p.isReady() {
+	if p.cfg.Readiness.Mode != ModeNotify && !p.isReady() {
 		p.bg.Add(1)
 		go p.watchReadiness()
 	}
@@ -171,7 +172,8 @@ func (p *proc) paused(err error) bool {
 }
 
 // workerEnv is the master's environment without the variables the master
-// owns, then Config.Env, then the worker protocol variables.
+// owns, then the generation's Config.Env, then its GenerationSpec.Env, then
+// the worker protocol variables.
 func (m *Master) workerEnv(g *generation, worker int, notifyPath string) []string {
 	owned := map[string]bool{
 		"LISTEN_FDS": true, "LISTEN_PID": true, "LISTEN_FDNAMES": true, "NOTIFY_SOCKET": true,
@@ -195,7 +197,10 @@ func (m *Master) workerEnv(g *generation, worker int, notifyPath string) []strin
 	for _, kv := range os.Environ() {
 		add(kv)
 	}
-	for _, kv := range m.cfg.Env {
+	for _, kv := range g.cfg.Env {
+		add(kv)
+	}
+	for _, kv := range g.spec.Env {
 		add(kv)
 	}
 	return append(env,

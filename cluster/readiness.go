@@ -55,7 +55,7 @@ func (p *proc) readNotify() {
 		for _, line := range strings.Split(string(buf[:n]), "\n") {
 			switch {
 			case line == sddaemon.SdNotifyReady:
-				if p.m.cfg.Readiness.Mode == ModeNotify {
+				if p.cfg.Readiness.Mode == ModeNotify {
 					p.modeReady("notify")
 				}
 			case strings.HasPrefix(line, "STATUS="):
@@ -71,8 +71,8 @@ func (p *proc) readNotify() {
 // when the worker is ready or has exited.
 func (p *proc) watchReadiness() {
 	defer p.bg.Done()
-	if p.m.cfg.Readiness.Mode == ModeDelay {
-		t := time.NewTimer(p.m.cfg.Readiness.Delay - time.Since(p.started))
+	if p.cfg.Readiness.Mode == ModeDelay {
+		t := time.NewTimer(p.cfg.Readiness.Delay - time.Since(p.started))
 		defer t.Stop()
 		select {
 		case <-t.C:

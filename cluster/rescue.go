@@ -222,7 +222,7 @@ func (m *Master) startRescue(g *generation, deadline time.Time) *rescuer {
 	}
 	r := &rescuer{
 		m: m, g: g, targets: targets,
-		linger: m.cfg.RescueLinger, ends: deadline,
+		linger: g.cfg.RescueLinger, ends: deadline,
 		held: map[uint64]*heldConn{}, rejected: map[uint64]bool{}, pidfds: map[int]int{},
 		stop: make(chan struct{}), done: make(chan struct{}),
 	}

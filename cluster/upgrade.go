@@ -519,8 +519,10 @@ func InheritedFiles() (map[string]*os.File, []byte) {
 // and the restart policy resume here. A worker that exited while the
 // handover ran is restarted like any crashed worker.
 //
-// cfg applies from now on, to restarted workers and to the next Reload (a
-// different Workers count takes effect with the next generation).
+// cfg becomes the config of the adopted generation (its restarts, its
+// retirement) and of the next Reload (a different Workers count takes
+// effect with the next generation); each adopted generation keeps its own
+// GenerationSpec.Env, handed over with it.
 //
 // It works once per upgraded process; otherwise it returns ErrNotUpgraded.
 // On any other error nothing was adopted: the caller should exit, which
@@ -558,7 +560,7 @@ func ResumeMaster(cfg Config, socks *Sockets) (*Master, error) {
 	workers := 0
 	for _, hg := range h.Generations {
 		g := &generation{
-			m: m, id: hg.ID, spec: hg.Spec, dir: hg.Dir, created: hg.Created,
+			m: m, id: hg.ID, cfg: cfg, spec: hg.Spec, dir: hg.Dir, created: hg.Created,
 			promoted: make(chan struct{}), stopCh: make(chan struct{}), changed: make(chan struct{}, 1),
 			state: GenServing,
 		}
@@ -601,7 +603,7 @@ func ResumeMaster(cfg Config, socks *Sockets) (*Master, error) {
 // goroutines.
 func (m *Master) adoptProc(g *generation, worker int, hp *handoverProc) (*proc, error) {
 	p := &proc{
-		m: m, gen: g.id, worker: worker, pid: hp.PID, started: hp.Started, adopted: true,
+		m: m, cfg: &g.cfg, gen: g.id, worker: worker, pid: hp.PID, started: hp.Started, adopted: true,
 		ready: make(chan struct{}), exited: make(chan struct{}),
 		hurry: make(chan struct{}), done: make(chan struct{}),
 		notifyPath: hp.NotifyPath, lines: hp.Lines, status: hp.Status,

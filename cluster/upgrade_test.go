@@ -86,7 +86,7 @@ func runUpgraderRole() int {
 			fmt.Fprintln(os.Stderr, err)
 			return 1
 		}
-		if _, err := m.Reload(context.Background(), GenerationSpec{Dir: dir, ReleaseID: "r1"}, nil); err != nil {
+		if _, err := m.Reload(context.Background(), GenerationSpec{Dir: dir, ReleaseID: "r1", Env: []string{"UPGRADER_SPEC_ENV=kept"}}, nil); err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			return 1
 		}
@@ -305,6 +305,10 @@ func testUpgrade(t *testing.T, env ...string) {
 	}
 	if st.Workers[0].Restarts != 1 || st.Workers[1].PID != pids[1] {
 		t.Errorf("status %+v", st)
+	}
+	// It keeps its generation's GenerationSpec.Env, handed over.
+	if env := environOf(t, st.Workers[0].PID); env["UPGRADER_SPEC_ENV"] != "kept" {
+		t.Errorf("worker restarted after the upgrade: UPGRADER_SPEC_ENV=%q, want kept", env["UPGRADER_SPEC_ENV"])
 	}
 	mixed := workerPids(st)
 

@@ -67,14 +67,14 @@ func (m *Master) verdict(p *proc, cause error, lt listenTable) string {
 	if !errors.Is(cause, ErrReadinessTimeout) {
 		return VerdictNotReady
 	}
-	switch m.cfg.Readiness.Mode {
+	switch p.cfg.Readiness.Mode {
 	case ModeNotify:
-		return fmt.Sprintf("%s within %s", VerdictNeverNotify, m.cfg.Readiness.Timeout)
+		return fmt.Sprintf("%s within %s", VerdictNeverNotify, p.cfg.Readiness.Timeout)
 	case ModeDelay:
 		return VerdictNotReady
 	}
 	if u.holds {
-		return fmt.Sprintf("%s within %s (holds it, but no epoll registration or accept on it)", VerdictNeverTouched, m.cfg.Readiness.Timeout)
+		return fmt.Sprintf("%s within %s (holds it, but no epoll registration or accept on it)", VerdictNeverTouched, p.cfg.Readiness.Timeout)
 	}
-	return fmt.Sprintf("%s within %s", VerdictNeverTouched, m.cfg.Readiness.Timeout)
+	return fmt.Sprintf("%s within %s", VerdictNeverTouched, p.cfg.Readiness.Timeout)
 }

@@ -1,6 +1,8 @@
 package config
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"os"
@@ -35,6 +37,7 @@ const (
 // Config is a validated deploy.toml.
 type Config struct {
 	Path         string // the file it was read from
+	Digest       string // "sha256:" + hex of the file's bytes
 	Root         string // absolute
 	KeepReleases int
 	Linked       []string
@@ -51,6 +54,7 @@ type AppConfig struct {
 	Command      []string
 	Workers      int
 	Env          map[string]string
+	EnvFiles     []string // absolute; read when each generation starts (envfile.go)
 	StopSignal   syscall.Signal
 	DrainTimeout time.Duration
 	RescueLinger time.Duration
@@ -176,7 +180,13 @@ func Load(path string) (*Config, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read config: %w", err)
 	}
-	return parseConfig(path, string(b))
+	c, err := parseConfig(path, string(b))
+	if err != nil {
+		return nil, err
+	}
+	sum := sha256.Sum256(b)
+	c.Digest = "sha256:" + hex.EncodeToString(sum[:])
+	return c, nil
 }
 
 // rawConfig mirrors deploy.toml; each leaf type checks its own TOML type and
@@ -189,6 +199,7 @@ type rawConfig struct {
 		Command      tCommand   `toml:"command"`
 		Workers      tCount     `toml:"workers"`
 		Env          tEnv       `toml:"env"`
+		EnvFile      tPaths     `toml:"env_file"`
 		StopSignal   tSignal    `toml:"stop_signal"`
 		DrainTimeout tDuration  `toml:"drain_timeout"`
 		RescueLinger tDuration  `toml:"rescue_linger"`
@@ -344,6 +355,7 @@ func (raw *rawConfig) config(path string) *Config {
 			Command:      []string(raw.App.Command),
 			Workers:      int(raw.App.Workers),
 			Env:          map[string]string(raw.App.Env),
+			EnvFiles:     []string(raw.App.EnvFile),
 			StopSignal:   syscall.Signal(raw.App.StopSignal),
 			DrainTimeout: time.Duration(raw.App.DrainTimeout),
 			RescueLinger: time.Duration(raw.App.RescueLinger),
@@ -448,7 +460,8 @@ func (ck *checker) unknownKeys() {
 }
 
 // resolvePaths makes root and control.socket absolute, against the config
-// file's directory; the socket defaults to <root>/.agent/agent.sock.
+// file's directory (app.env_file: against root); the socket defaults to
+// <root>/.agent/agent.sock.
 func (ck *checker) resolvePaths(c *Config) {
 	if !ck.md.IsDefined("root") {
 		ck.add(pos{1, 1}, `missing required key "root"`)
@@ -459,6 +472,11 @@ func (ck *checker) resolvePaths(c *Config) {
 	}
 	if c.Root != "" {
 		c.Root = filepath.Clean(c.Root)
+		for i, p := range c.App.EnvFiles {
+			if !filepath.IsAbs(p) {
+				c.App.EnvFiles[i] = filepath.Join(c.Root, p)
+			}
+		}
 	}
 	if c.Control.Socket == "" {
 		if c.Root != "" {

@@ -22,6 +22,17 @@
 //     must be, Root and Control.Socket absolute (relative ones resolve
 //     against the config file's directory; the socket defaults to
 //     <root>/.agent/agent.sock), every unset key holding its default.
+//   - Config.Digest is "sha256:" + the hex SHA-256 of the file's bytes: what
+//     `agent status` and `agent reload --json` show of the config in force.
+//   - app.env_file paths are absolute (relative ones resolve against root);
+//     Load does not open them: ReadEnvFile (envfile.go) reads one when a
+//     generation starts, refusing it as PATH:LINE: cause (*EnvFileError,
+//     ErrEnvFile). An EnvFile carries values only in Vars; its Keys and
+//     Digest are what may be shown.
+//   - Compare(old, new) names the changed keys (never a value; [app] env as
+//     app.env.NAME) and, one line each, the changes a running agent cannot
+//     apply (RestartKeys: root, [[listen]], control.socket,
+//     app.listen_check); every other key applies live.
 //   - Each default lives once, in the package that takes the value
 //     (cluster.Default*, release.Default*, hooks.DefaultTimeout); defaultRaw
 //     reads them from there.

@@ -289,6 +289,24 @@ func (t *tRelPaths) UnmarshalTOML(v any) error {
 	return nil
 }
 
+// tPaths are non-empty paths, absolute or relative (resolved by the
+// checker).
+type tPaths []string
+
+func (t *tPaths) UnmarshalTOML(v any) error {
+	l, err := stringList(v, "strings")
+	if err != nil {
+		return err
+	}
+	for _, p := range l {
+		if strings.TrimSpace(p) == "" {
+			return fmt.Errorf("%q: want a path", p)
+		}
+	}
+	*t = l
+	return nil
+}
+
 var envKey = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
 
 type tEnv map[string]string

@@ -15,6 +15,7 @@ type Kind string
 // Stages, in the order an operation may pass them.
 const (
 	StageQueued       Stage = "queued"        // waiting behind the running operation (--wait)
+	StageConfig       Stage = "config"        // reload: the config file re-read; env files read for a generation
 	StageCleanup      Stage = "cleanup"       // a release left by an interrupted or refused deploy removed
 	StageFetch        Stage = "fetch"         // download, verify and unpack into releases/<id>
 	StageLink         Stage = "link"          // shared/ paths linked into the release
@@ -48,6 +49,7 @@ var hookKinds = []Kind{KindStart, KindOutput, KindDone, KindWarn}
 // Events lists, for every stage, the kinds the agent emits in it.
 var Events = map[Stage][]Kind{
 	StageQueued:       {KindStart},
+	StageConfig:       {KindDone, KindWarn},
 	StageCleanup:      {KindDone, KindWarn},
 	StageFetch:        {KindStart, KindProgress, KindDone},
 	StageLink:         {KindDone},

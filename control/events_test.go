@@ -11,6 +11,8 @@ func TestEvents_vocabulary(t *testing.T) {
 	const want = `activate done
 cleanup done
 cleanup warn
+config done
+config warn
 fetch done
 fetch progress
 fetch start

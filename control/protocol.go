@@ -45,13 +45,19 @@ const (
 	CodeForbidden  = "forbidden"  // exit 3: the peer's uid/gid is not allowed
 	CodeBusy       = "busy"       // exit 4: another deploy/rollback/reload runs
 	CodeSuperseded = "superseded" // exit 4: a newer --wait request replaced this one in the queue
+	// A reload that re-read the config file and refused it: Error lists
+	// every problem as FILE:LINE:COL: message, one a line; nothing changed.
+	CodeConfig = "config" // exit 2
+	// A reload whose re-read config changes what only a restart of the
+	// agent applies (RestartKeys of package config); nothing changed.
+	CodeRestartNeeded = "restart_needed" // exit 2
 )
 
 func ExitCode(code string) int {
 	switch code {
 	case CodeOK:
 		return 0
-	case CodeUsage:
+	case CodeUsage, CodeConfig, CodeRestartNeeded:
 		return 2
 	case CodeForbidden:
 		return 3
@@ -97,6 +103,36 @@ type Message struct {
 	ListenLost []ListenLostDoc `json:"listen_lost,omitempty"`
 	Status     *StatusDoc      `json:"status,omitempty"`
 	History    []HistoryEntry  `json:"history,omitempty"`
+	// Config: what a reload's re-read of the config file found.
+	Config *ConfigChange `json:"config,omitempty"`
+}
+
+// ConfigChange is a reload's re-read of the config file. Key names and
+// digests only: never a value.
+type ConfigChange struct {
+	Path    string   `json:"path"`
+	Before  string   `json:"before"`            // digest of the config in force before ("sha256:…")
+	After   string   `json:"after"`             // of the config in force after: Before when refused or failed
+	Read    string   `json:"read,omitempty"`    // of the file as re-read ("" when unreadable)
+	Changed []string `json:"changed,omitempty"` // the keys the file changes (app.env.NAME for [app] env)
+	Applied bool     `json:"applied"`           // the new config is in force
+}
+
+// ConfigDoc is the config in force, in `agent status`.
+type ConfigDoc struct {
+	Path   string    `json:"path"`
+	Digest string    `json:"digest"` // "sha256:" + hex of the file's bytes
+	Since  time.Time `json:"since"`  // when it was read
+	// EnvFiles are the [app] env_file files as the serving generation read
+	// them: path, digest and key names.
+	EnvFiles []EnvFileDoc `json:"env_files,omitempty"`
+}
+
+// EnvFileDoc is one env file read when a generation started.
+type EnvFileDoc struct {
+	Path   string   `json:"path"`
+	Digest string   `json:"digest"`
+	Keys   []string `json:"keys"`
 }
 
 // WorkerVerdict is why one new worker failed a reload.
@@ -139,6 +175,7 @@ type StatusDoc struct {
 	// LastListenerLost is the latest.
 	ListenersLost    int            `json:"listeners_lost"`
 	LastListenerLost *ListenLostDoc `json:"last_listener_lost,omitempty"`
+	Config           *ConfigDoc     `json:"config,omitempty"` // the config in force
 }
 
 // RunningOp names an operation in progress or queued.

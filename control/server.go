@@ -32,6 +32,7 @@ const writeTimeout = 30 * time.Second
 type Server struct {
 	ln         *net.UnixListener
 	path       string
+	allowMu    sync.Mutex // guards allowUIDs and allowGIDs
 	allowUIDs  []int
 	allowGIDs  []int
 	log        *slog.Logger
@@ -91,6 +92,14 @@ func NewServer(ln *net.UnixListener, allowUIDs, allowGIDs []int, log *slog.Logge
 		ln: ln, path: ln.Addr().String(), allowUIDs: allowUIDs, allowGIDs: allowGIDs,
 		log: log, handle: handle, reqTimeout: RequestTimeout, conns: map[net.Conn]struct{}{}, closed: make(chan struct{}),
 	}
+}
+
+// SetAllowed replaces the allowed uids and gids for the connections
+// accepted from now on.
+func (s *Server) SetAllowed(allowUIDs, allowGIDs []int) {
+	s.allowMu.Lock()
+	s.allowUIDs, s.allowGIDs = allowUIDs, allowGIDs
+	s.allowMu.Unlock()
 }
 
 // Serve accepts until Close. It returns nil after Close.
@@ -196,15 +205,18 @@ func supplementaryGroups(pid int32) []int {
 // agent's own uid always; otherwise a uid in allowUIDs, or a primary or
 // supplementary gid in allowGIDs.
 func (s *Server) allowed(cred *unix.Ucred) bool {
+	s.allowMu.Lock()
+	uids, gids := s.allowUIDs, s.allowGIDs
+	s.allowMu.Unlock()
 	uid, gid := int(cred.Uid), int(cred.Gid)
-	if uid == 0 || uid == os.Getuid() || slices.Contains(s.allowUIDs, uid) || slices.Contains(s.allowGIDs, gid) {
+	if uid == 0 || uid == os.Getuid() || slices.Contains(uids, uid) || slices.Contains(gids, gid) {
 		return true
 	}
-	if len(s.allowGIDs) == 0 {
+	if len(gids) == 0 {
 		return false
 	}
 	for _, g := range supplementaryGroups(cred.Pid) {
-		if slices.Contains(s.allowGIDs, g) {
+		if slices.Contains(gids, g) {
 			return true
 		}
 	}

@@ -214,3 +214,18 @@ func TestOpLog_followAfterFinish(t *testing.T) {
 		t.Errorf("follow = %q", got)
 	}
 }
+
+func TestServer_SetAllowed(t *testing.T) {
+	s := &Server{allowUIDs: []int{1001}}
+	peer := unix.Ucred{Uid: 1001, Gid: 5, Pid: 1 << 30}
+	if !s.allowed(&peer) {
+		t.Fatal("uid 1001 refused before SetAllowed")
+	}
+	s.SetAllowed([]int{1002}, nil)
+	if s.allowed(&peer) {
+		t.Error("uid 1001 still allowed after SetAllowed([1002])")
+	}
+	if !s.allowed(&unix.Ucred{Uid: 1002, Gid: 5, Pid: 1 << 30}) {
+		t.Error("uid 1002 refused after SetAllowed([1002])")
+	}
+}

@@ -104,29 +104,13 @@ func Open(root string, opts Options) (*Store, error) {
 	if err != nil {
 		return nil, &Error{Op: "open", Subject: root, Err: err}
 	}
-	if opts.MaxBytes <= 0 {
-		opts.MaxBytes = DefaultMaxBytes
-	}
-	if opts.MaxFiles <= 0 {
-		opts.MaxFiles = DefaultMaxFiles
-	}
-	if opts.Timeout <= 0 {
-		opts.Timeout = DefaultTimeout
-	}
-	if opts.Allow == nil {
-		opts.Allow = []string{"https", "http", "file"}
-	}
 	log := opts.Logger
 	if log == nil {
 		log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
-	s := &Store{root: abs, opts: opts, log: log, allow: map[string]bool{}}
-	for _, sc := range opts.Allow {
-		sc = strings.ToLower(sc)
-		if !supportedSchemes[sc] {
-			return nil, &Error{Op: "open", Subject: abs, Err: fmt.Errorf("%w: %q is not built into this agent (have https, http, file)", ErrSchemeNotAllowed, sc)}
-		}
-		s.allow[sc] = true
+	s := &Store{root: abs, log: log}
+	if err := s.setOptions(opts); err != nil {
+		return nil, &Error{Op: "open", Subject: abs, Err: err}
 	}
 	for _, d := range []string{
 		filepath.Join(abs, releasesDir, incomingDir),
@@ -151,6 +135,44 @@ func Open(root string, opts Options) (*Store, error) {
 
 // recover removes what a crash can leave behind, unless another process
 // holds the lock (it may be mid-fetch in .incoming).
+// SetOptions replaces the fetch options (Allow, AllowHosts,
+// RequireChecksum, MaxBytes, MaxFiles, Timeout, HTTPClient) for the fetches
+// that start after it; Logger stays. Call it only while no Fetch runs (the
+// caller's operations are one at a time). An error changes nothing.
+func (s *Store) SetOptions(opts Options) error {
+	if err := s.setOptions(opts); err != nil {
+		return &Error{Op: "set options", Subject: s.root, Err: err}
+	}
+	return nil
+}
+
+// setOptions fills in the defaults of opts and checks its schemes.
+func (s *Store) setOptions(opts Options) error {
+	if opts.MaxBytes <= 0 {
+		opts.MaxBytes = DefaultMaxBytes
+	}
+	if opts.MaxFiles <= 0 {
+		opts.MaxFiles = DefaultMaxFiles
+	}
+	if opts.Timeout <= 0 {
+		opts.Timeout = DefaultTimeout
+	}
+	if opts.Allow == nil {
+		opts.Allow = []string{"https", "http", "file"}
+	}
+	allow := map[string]bool{}
+	for _, sc := range opts.Allow {
+		sc = strings.ToLower(sc)
+		if !supportedSchemes[sc] {
+			return fmt.Errorf("%w: %q is not built into this agent (have https, http, file)", ErrSchemeNotAllowed, sc)
+		}
+		allow[sc] = true
+	}
+	opts.Logger = s.log
+	s.opts, s.allow = opts, allow
+	return nil
+}
+
 func (s *Store) recover() error {
 	l, err := s.Lock("recover", "")
 	if err != nil {
