@@ -5,6 +5,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/handoff/handoff/cluster"
 	"io"
 	"os"
 	"path/filepath"
@@ -463,6 +464,9 @@ func printStatus(w io.Writer, s *control.StatusDoc) {
 		for _, f := range c.EnvFiles {
 			fmt.Fprintf(tw, "env file\t%s %s: %s\n", f.Path, f.Digest, strings.Join(f.Keys, ", "))
 		}
+	}
+	if r := s.Rescued; r.Held > 0 || r.Error != "" {
+		fmt.Fprintf(tw, "rescued\t%s\n", cluster.RescueStats(r))
 	}
 	if s.ListenersLost > 0 {
 		fmt.Fprintf(tw, "listeners lost\t%d, last at %s: %s\n", s.ListenersLost, s.LastListenerLost.Time.Local().Format("15:04:05"), summarizeLost(s.LastListenerLost))

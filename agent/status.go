@@ -60,7 +60,9 @@ func (d *daemon) status() *control.StatusDoc {
 	d.lostStatusLocked(st)
 	st.Config = d.configDocLocked()
 	d.mu.Unlock()
-	for _, g := range d.master.Status().Generations {
+	ms := d.master.Status()
+	st.Rescued = control.RescueDoc(ms.Rescued)
+	for _, g := range ms.Generations {
 		gd := control.GenerationDoc{ID: g.ID, ReleaseID: g.ReleaseID, Dir: g.Dir, State: g.State, Workers: []control.WorkerDoc{}}
 		for _, w := range g.Workers {
 			gd.Workers = append(gd.Workers, control.WorkerDoc{ID: w.ID, PID: w.PID, State: w.State, Restarts: w.Restarts, Uptime: w.Uptime.Seconds(), LastExit: w.LastExit, Backoff: w.Backoff.Seconds()})

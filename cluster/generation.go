@@ -177,10 +177,10 @@ func (s *slot) watch(p *proc) {
 
 // stop stops every worker: sig to each process group, SIGKILL to the group
 // at deadline. With unreadyDeadline set, workers that never got ready get
-// SIGKILL at that (earlier) time instead. beforeSignal, if not nil, runs
-// right before the first worker is sent sig. It returns when every slot
+// SIGKILL at that (earlier) time instead. send, if not nil, sends sig in
+// place of a kill of each process group, and is told once all were sent. It returns when every slot
 // goroutine is done and every process reaped.
-func (g *generation) stop(sig syscall.Signal, deadline, unreadyDeadline time.Time, beforeSignal func()) {
+func (g *generation) stop(sig syscall.Signal, deadline, unreadyDeadline time.Time, send stopSignaller) {
 	m := g.m
 	m.mu.Lock()
 	select {
@@ -198,15 +198,15 @@ func (g *generation) stop(sig syscall.Signal, deadline, unreadyDeadline time.Tim
 		}
 	}
 	m.mu.Unlock()
-	if beforeSignal != nil {
-		beforeSignal()
-	}
 	for _, p := range procs {
 		if !unreadyDeadline.IsZero() && !p.isReady() {
-			p.signalStop(sig, unreadyDeadline)
+			p.signalStop(sig, unreadyDeadline, send)
 		} else {
-			p.signalStop(sig, deadline)
+			p.signalStop(sig, deadline, send)
 		}
+	}
+	if send != nil {
+		send.sent()
 	}
 	var wg sync.WaitGroup
 	for _, p := range procs {

@@ -364,8 +364,8 @@ func (m *Master) retire(old *generation) (RescueStats, bool) {
 		deadline := time.Now().Add(old.cfg.DrainTimeout)
 		var st RescueStats
 		m.stopWatched(old, func() {
-			st = m.stopRescuing(old, deadline, func(beforeSignal func()) {
-				old.stop(old.cfg.StopSignal, deadline, time.Time{}, beforeSignal)
+			st = m.stopRescuing(old, deadline, func(send stopSignaller) {
+				old.stop(old.cfg.StopSignal, deadline, time.Time{}, send)
 			})
 		})
 		m.removeGen(old)
@@ -384,10 +384,10 @@ func (m *Master) retire(old *generation) (RescueStats, bool) {
 // stopRescuing runs stop, which stops generation g and returns once its
 // processes are reaped, with connection rescue around it when another
 // generation serves: the connections g's workers let go of are taken over
-// (see rescue.go). stop must call beforeSignal right before it sends the
-// stop signal. It returns what rescue did,
+// (see rescue.go). stop must send the stop signal through send when it is
+// not nil. It returns what rescue did,
 // also logged, emitted as a "rescue" event and added to the master's totals.
-func (m *Master) stopRescuing(g *generation, deadline time.Time, stop func(beforeSignal func())) RescueStats {
+func (m *Master) stopRescuing(g *generation, deadline time.Time, stop func(send stopSignaller)) RescueStats {
 	m.mu.Lock()
 	serving := m.serving != nil && m.serving != g
 	m.mu.Unlock()
@@ -399,7 +399,7 @@ func (m *Master) stopRescuing(g *generation, deadline time.Time, stop func(befor
 		stop(nil)
 		return RescueStats{}
 	}
-	stop(r.thaw)
+	stop(r)
 	st := r.finish()
 	m.mu.Lock()
 	m.rescued.add(st)
@@ -574,8 +574,8 @@ func (m *Master) fail(g *generation, cause error, start time.Time) error {
 		unready = now.Add(min(g.cfg.DrainTimeout, unreadyGrace))
 	}
 	m.stopWatched(g, func() {
-		m.stopRescuing(g, now.Add(g.cfg.DrainTimeout), func(beforeSignal func()) {
-			g.stop(g.cfg.StopSignal, now.Add(g.cfg.DrainTimeout), unready, beforeSignal)
+		m.stopRescuing(g, now.Add(g.cfg.DrainTimeout), func(send stopSignaller) {
+			g.stop(g.cfg.StopSignal, now.Add(g.cfg.DrainTimeout), unready, send)
 		})
 	})
 	for i := range failures {

@@ -319,13 +319,13 @@ func (p *proc) settleGroup() {
 // stop sends sig to the process group and waits until the worker is reaped,
 // sending SIGKILL to the group at deadline.
 func (p *proc) stop(sig syscall.Signal, deadline time.Time) {
-	p.signalStop(sig, deadline)
+	p.signalStop(sig, deadline, nil)
 	p.awaitStop()
 }
 
 // signalStop marks the worker stopping with deadline (the first deadline
 // given stays) and sends sig to its process group unless it has exited.
-func (p *proc) signalStop(sig syscall.Signal, deadline time.Time) {
+func (p *proc) signalStop(sig syscall.Signal, deadline time.Time, send stopSignaller) {
 	p.mu.Lock()
 	if !p.stopping {
 		p.stopping = true
@@ -335,8 +335,20 @@ func (p *proc) signalStop(sig syscall.Signal, deadline time.Time) {
 	select {
 	case <-p.exited:
 	default:
-		syscall.Kill(-p.pid, sig)
+		if send != nil {
+			send.send(p.pid, sig)
+		} else {
+			syscall.Kill(-p.pid, sig)
+		}
 	}
+}
+
+// stopSignaller sends a generation's stop signal in place of a plain kill
+// of each worker's process group (connection rescue, which has the groups
+// frozen: rescue.go).
+type stopSignaller interface {
+	send(pgid int, sig syscall.Signal) // to the process group of one worker
+	sent()                             // every worker was sent the signal
 }
 
 // awaitStop waits until the worker is reaped, sending SIGKILL to the group

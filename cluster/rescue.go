@@ -132,6 +132,8 @@ type rescuer struct {
 	pidfds   map[int]int          // pid -> pidfd
 	members  []int                // processes of the stopping groups
 	frozen   []int                // process groups freeze stopped
+	later    []int                // processes to signal once thawed (send)
+	laterSig syscall.Signal       // and the signal
 
 	stop    chan struct{}
 	done    chan struct{}
@@ -203,15 +205,12 @@ func (h *heldConn) snapshot() {
 // startRescue freezes the process groups of g's workers (SIGSTOP), takes a
 // copy of every client connection they hold with a snapshot of what waits
 // in it, and starts polling for more and for the ones they let go of. The
-// groups stay frozen until thaw, which the caller runs right before it
-// sends them the stop signal: no worker accepts a connection or reads a
-// request between the copy and the signal but in those microseconds. The
-// signal is not sent while they are stopped: a stopped thread does not want
-// a signal, so the kernel would leave it to whichever thread runs first on
-// waking instead of the main thread, and an app whose main thread waits for
-// it (Python's signal handlers run there) would never see it. It returns
-// nil when nothing is to be rescued: no rescued socket, rescue refused
-// before, or no other generation serving.
+// groups stay frozen until every worker was sent the stop signal (the
+// rescuer is the stopSignaller): no worker accepts a connection or reads a
+// request between the copy and the signal, and one that dies of the signal
+// dies on waking, before it accepts another. It returns nil when nothing
+// is to be rescued: no rescued socket, rescue refused before, or no other
+// generation serving.
 func (m *Master) startRescue(g *generation, deadline time.Time) *rescuer {
 	if m.rescueOff.Load() {
 		return nil
@@ -260,11 +259,47 @@ func (r *rescuer) freeze() {
 	}
 }
 
-// thaw sends SIGCONT to the groups freeze stopped.
-func (r *rescuer) thaw() {
+// send sends sig to each process of a frozen group. A stopped thread does
+// not want a signal: a process-directed one sent now would go to whichever
+// thread runs first on waking, not to the main thread as it would to a
+// running process, and an app whose main thread waits for it (Python runs
+// its handlers there) would never see it. So each process's main thread
+// gets it directed to it, unless that thread blocks it (an app that waits
+// for signals in a thread of its own): that process gets it, directed to
+// the process, once thawed.
+func (r *rescuer) send(pgid int, sig syscall.Signal) {
+	for _, pid := range append([]int{pgid}, groupMembers(pgid, true)...) {
+		if blocks(pid, sig) || unix.Tgkill(pid, pid, sig) != nil {
+			r.later, r.laterSig = append(r.later, pid), sig
+		}
+	}
+}
+
+// sent thaws the frozen groups (SIGCONT), then sends the signal to the
+// processes send left for later.
+func (r *rescuer) sent() {
 	for _, pgid := range r.frozen {
 		syscall.Kill(-pgid, syscall.SIGCONT)
 	}
+	for _, pid := range r.later {
+		syscall.Kill(pid, r.laterSig)
+	}
+}
+
+// blocks reports whether the main thread of pid blocks sig (SigBlk in its
+// status); unreadable counts as blocked, which falls back to a plain kill.
+func blocks(pid int, sig syscall.Signal) bool {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/task/" + strconv.Itoa(pid) + "/status")
+	if err != nil {
+		return true
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "SigBlk:"); ok {
+			mask, err := strconv.ParseUint(strings.TrimSpace(v), 16, 64)
+			return err != nil || mask&(1<<(uint(sig)-1)) != 0
+		}
+	}
+	return true
 }
 
 // threadsStopped reports whether every thread of pid is stopped (or pid is

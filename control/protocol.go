@@ -176,6 +176,27 @@ type StatusDoc struct {
 	ListenersLost    int            `json:"listeners_lost"`
 	LastListenerLost *ListenLostDoc `json:"last_listener_lost,omitempty"`
 	Config           *ConfigDoc     `json:"config,omitempty"` // the config in force
+	// Rescued is what connection rescue did since the agent started (the
+	// agent's own start: an in-place upgrade starts it again at 0).
+	Rescued RescueDoc `json:"rescued"`
+}
+
+// RescueDoc counts connection rescue's outcomes: Held connections copied
+// from stopping workers, each ending as Forwarded (its waiting requests,
+// Requests in all, Replayed of them read and dropped by the worker, served
+// by the serving generation), Idle, Gone, Abandoned, Refused or Failed.
+// Error says why rescue could not run, if it could not.
+type RescueDoc struct {
+	Held      int64  `json:"held"`
+	Forwarded int64  `json:"forwarded"`
+	Requests  int64  `json:"requests"`
+	Replayed  int64  `json:"replayed"`
+	Idle      int64  `json:"idle"`
+	Gone      int64  `json:"gone"`
+	Abandoned int64  `json:"abandoned"`
+	Refused   int64  `json:"refused"`
+	Failed    int64  `json:"failed"`
+	Error     string `json:"error,omitempty"`
 }
 
 // RunningOp names an operation in progress or queued.
