@@ -130,10 +130,9 @@ deploys() { # NAME RESCUE -> one table row
 		"$( (grep -o 'msg="Connections rescued".*' "$dir/agent.log" || true) | awk '{for(i=1;i<=NF;i++) if ($i ~ /^(held|forwarded|replayed|idle|abandoned)=/) {split($i,a,"="); s[a[1]]+=a[2]}} END {printf "held %d, forwarded %d, replayed %d, idle %d, abandoned %d", s["held"], s["forwarded"], s["replayed"], s["idle"], s["abandoned"]}')"
 }
 
-run=0
-steady() { # RESCUE KEEPALIVE -> requests a second
-	run=$((run + 1))
-	local dir="$work/steady-$1-$2-$run" ka=""
+steady() { # RESCUE KEEPALIVE -> requests a second (runs in a subshell: a fresh dir each time)
+	local dir ka=""
+	dir=$(mktemp -d "$work/steady-$1-$2.XXXXXX")
 	[ "$2" = true ] && ka=-keepalive
 	start_agent "$dir" nodehttp "$1" true
 	"$work/loadgen" -addr "127.0.0.1:$port" -conns 8 $ka -duration "${SECS}s" -json >"$dir/load.json" 2>&1
