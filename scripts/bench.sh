@@ -11,6 +11,10 @@
 #   scripts/bench.sh            # about 7 minutes, bounded at 10
 #   scripts/bench.sh --quick    # under 2 minutes, 2 reloads per row
 #
+# The full run then runs scripts/bench-rescue.sh (about 8 more minutes; set
+# HANDOFF_BENCH_NO_RESCUE=1 to leave it out): a row per third-party stack at
+# its own stop, connection rescue on vs off.
+#
 # The bound covers building and installing too: cmd/bench gets what is left
 # as its -budget and skips (and lists) rows that would start after it.
 #
@@ -97,3 +101,11 @@ fi
 	"${args[@]}"
 ok=1
 echo "== results in bench/results/latest.md"
+
+# Connection rescue on the third-party stacks at their own stop, rescue on
+# vs off side by side (scripts/bench-rescue.sh says what each row means).
+# Not with --quick, whose bound it would break.
+if [ "$limit" -gt 200 ] && [ -z "${HANDOFF_BENCH_NO_RESCUE:-}" ]; then
+	echo "== connection rescue (scripts/bench-rescue.sh)"
+	bash scripts/bench-rescue.sh
+fi
