@@ -139,7 +139,13 @@ type rescuer struct {
 	done    chan struct{}
 	conns   sync.WaitGroup
 	refused atomic.Bool
-	stats   rescueCounters
+	// otherProto: bytes that are not HTTP/1.x were seen waiting on one of
+	// the connections. Such a listener (TLS, another protocol) gains
+	// nothing from the linger: an idle connection is then closed at once,
+	// as its worker meant, rather than held for a request rescue could not
+	// serve anyway.
+	otherProto atomic.Bool
+	stats      rescueCounters
 }
 
 type rescueCounters struct {
@@ -171,6 +177,14 @@ type connSnapshot struct {
 
 // maxSnapshot bounds the bytes kept per held connection.
 const maxSnapshot = 16 << 10
+
+// snapshot refreshes h's snapshot and notes bytes of another protocol.
+func (r *rescuer) snapshot(h *heldConn) {
+	h.snapshot()
+	if len(h.snap.data) > 0 && requestLine(h.snap.data) == lineOther {
+		r.otherProto.Store(true)
+	}
+}
 
 // snapshot records what h has waiting to be read, when that changed since
 // the last snapshot; a read in between (the counts moved) leaves it as it
@@ -454,7 +468,7 @@ func (r *rescuer) poll() {
 	for ino, h := range r.held {
 		if present[ino] {
 			if !h.internal {
-				h.snapshot()
+				r.snapshot(h)
 			}
 			continue
 		}
@@ -528,7 +542,7 @@ func (r *rescuer) copyConn(pid, fd int, ino uint64) {
 	}
 	r.held[ino] = h
 	if !h.internal {
-		h.snapshot()
+		r.snapshot(h)
 		r.stats.held.Add(1)
 	}
 }

@@ -85,7 +85,11 @@ func (r *rescuer) release(h *heldConn) {
 			r.end(h, &r.stats.abandoned)
 			return
 		}
-		readable, hup := waitReadable(h.fd, r.linger)
+		linger := r.linger
+		if r.otherProto.Load() {
+			linger = 0
+		}
+		readable, hup := waitReadable(h.fd, linger)
 		switch {
 		case !readable:
 			r.end(h, &r.stats.idle)
@@ -98,6 +102,7 @@ func (r *rescuer) release(h *heldConn) {
 		}
 	}
 	if !peekRequestLine(h.fd, r.linger) {
+		r.otherProto.Store(true)
 		r.end(h, &r.stats.refused)
 		return
 	}
