@@ -90,12 +90,14 @@ type Master struct {
 	watchNow    chan chan struct{}
 	stoppingGen atomic.Int64
 
-	mu      sync.Mutex
-	closed  bool
-	gens    []*generation // live, oldest first
-	serving *generation
-	nextGen int
-	rescued RescueStats // totals since start
+	mu       sync.Mutex
+	closed   bool
+	gens     []*generation // live, oldest first
+	serving  *generation
+	nextGen  int
+	rescued  RescueStats // totals since start
+	restarts int64       // worker restarts since start
+	exits    ExitStats   // worker processes ended since start
 }
 
 // NewMaster validates cfg and prepares a master for socks; no worker runs
