@@ -34,6 +34,13 @@ type Config struct {
 	Fetch        FetchConfig
 	Control      ControlConfig
 	Hooks        HooksConfig
+	Metrics      MetricsConfig
+}
+
+// MetricsConfig is [metrics]: the Prometheus endpoint (metrics.go).
+type MetricsConfig struct {
+	Address string  // "" = off; host:port or unix:/path
+	Pos     Problem // where the address is, for an address in use at start; Msg unused
 }
 
 type AppConfig struct {
@@ -227,6 +234,9 @@ type rawConfig struct {
 		OnFailure         tCommands `toml:"on-failure"`
 		PostDeployFailure tEnum     `toml:"post_deploy_failure"`
 	} `toml:"hooks"`
+	Metrics struct {
+		Address tOptAddress `toml:"address"`
+	} `toml:"metrics"`
 }
 
 func defaultRaw() rawConfig {
@@ -432,6 +442,15 @@ func parseConfig(path, src string) (*Config, error) {
 		c.Listen = append(c.Listen, ListenConfig{Name: string(l.Name), Address: string(l.Address),
 			Rescue: l.Rescue.or(true), NoDelay: l.NoDelay.or(true), Pos: Problem{Line: lp.Line, Col: lp.Col}})
 	}
+	if a := string(raw.Metrics.Address); a != "" {
+		mp := where("metrics.address", 0)
+		c.Metrics = MetricsConfig{Address: a, Pos: Problem{Line: mp.Line, Col: mp.Col}}
+		for _, l := range c.Listen {
+			if l.Address == a && !strings.HasSuffix(a, ":0") {
+				add(mp, "metrics.address: %q is the address of [[listen]] %q: the endpoint never shares the app's sockets", a, l.Name)
+			}
+		}
+	}
 	if c.Readiness.Quorum > c.App.Workers {
 		add(where("readiness.quorum", 0), "readiness.quorum: %d is more than app.workers (%d)", c.Readiness.Quorum, c.App.Workers)
 	}
@@ -448,6 +467,14 @@ func parseConfig(path, src string) (*Config, error) {
 		}
 	} else if !filepath.IsAbs(c.Control.Socket) {
 		c.Control.Socket = filepath.Join(base, c.Control.Socket)
+	}
+	if p, ok := strings.CutPrefix(c.Metrics.Address, "unix:"); ok {
+		if !filepath.IsAbs(p) {
+			c.Metrics.Address = "unix:" + filepath.Join(base, p)
+		}
+		if c.Metrics.Address == "unix:"+c.Control.Socket {
+			add(pos{c.Metrics.Pos.Line, c.Metrics.Pos.Col}, "metrics.address: %q is the control socket", c.Metrics.Address)
+		}
 	}
 	if len(cerr.Problems) > 0 {
 		sortProblems(cerr.Problems)
@@ -912,6 +939,22 @@ func (t *tAddress) UnmarshalTOML(v any) error {
 		}
 	}
 	*t = tAddress(s)
+	return nil
+}
+
+// tOptAddress is a tAddress, or "" for none.
+type tOptAddress string
+
+func (t *tOptAddress) UnmarshalTOML(v any) error {
+	if s, ok := v.(string); ok && s == "" {
+		*t = ""
+		return nil
+	}
+	var a tAddress
+	if err := a.UnmarshalTOML(v); err != nil {
+		return err
+	}
+	*t = tOptAddress(a)
 	return nil
 }
 
