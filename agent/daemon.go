@@ -69,7 +69,8 @@ type daemon struct {
 	ctx      context.Context // of the operations; nil until the control socket serves
 	lost     listenLost      // lost listening sockets (listenwatch.go)
 	opsWG    sync.WaitGroup
-	up       upgrader // SIGUSR2: upgrade.go
+	up       upgrader      // SIGUSR2: upgrade.go
+	metrics  *agentMetrics // metrics.go; set before anything runs
 }
 
 // op is one deploy, rollback or reload, queued or running.
@@ -116,6 +117,7 @@ func notify(log *slog.Logger, state string) {
 // runDaemon is `agent run`; it returns the exit code.
 func runDaemon(cfg *Config, log *slog.Logger) int {
 	d := &daemon{cfg: cfg, log: log, start: time.Now(), hooks: &hooks.Runner{Timeout: cfg.Hooks.Timeout, Logger: log}}
+	d.metrics = newAgentMetrics(d)
 	log.Info("Starting", "version", agentVersion(), "config", cfg.Path, "root", cfg.Root, "pid", os.Getpid())
 
 	store, err := release.Open(cfg.Root, release.Options{
@@ -194,6 +196,12 @@ func runDaemon(cfg *Config, log *slog.Logger) int {
 		master.Shutdown(context.Background())
 		return exitFailed
 	}
+	if code := d.serveMetrics(); code != exitOK {
+		ln.Close()
+		master.Shutdown(context.Background())
+		return code
+	}
+	defer d.metrics.close()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	d.mu.Lock()
@@ -336,9 +344,11 @@ func (d *daemon) submit(ctx context.Context, req Request) *opLog {
 	case d.running == nil:
 		d.startLocked(ctx, o)
 	case !req.Wait:
+		d.metrics.refused(req.Op, codeBusy)
 		o.log.finish(result(o, codeBusy, "%s is running since %s", d.running.describe(), d.running.since.Format("15:04:05")))
 	default:
 		if d.waiting != nil {
+			d.metrics.refused(d.waiting.req.Op, codeSuperseded)
 			d.waiting.log.finish(result(d.waiting, codeSuperseded, "superseded by %s, queued at %s", o.describe(), o.since.Format("15:04:05")))
 			d.log.Info("Queued operation superseded", "old", d.waiting.describe(), "new", o.describe())
 		}
@@ -424,6 +434,7 @@ func (d *daemon) execute(ctx context.Context, o *op) Message {
 	res.Current = currentOrEmpty(d.store)
 	res.ListenLost = d.lostResult(o)
 	res.Elapsed = time.Since(start).Seconds()
+	d.metrics.operation(o, res)
 	if res.Code == codeOK {
 		log.Info("Operation done", "release", res.ID, "elapsed", time.Since(start))
 	} else {

@@ -52,6 +52,8 @@ func (d *daemon) runHooks(ctx context.Context, o *op, stage string, cmds [][]str
 	})
 	if err == nil {
 		d.emit(o, stage, "done", "hooks done")
+	} else {
+		d.metrics.hookFails.With(stage).Inc()
 	}
 	return err
 }
@@ -100,6 +102,7 @@ func (d *daemon) reloadOnce(ctx context.Context, o *op, id string) (*cluster.Rel
 		o.log.emit(m)
 	})
 	if err == nil {
+		d.metrics.readiness.Observe(res.ReadyAfter.Seconds())
 		d.emit(o, "reload", "done", "generation %d serving releases/%s: ready after %s, old generation retired after %s",
 			res.Generation, id, fmtDur(res.ReadyAfter), fmtDur(res.RetiredAfter))
 	}
@@ -240,12 +243,15 @@ func (d *daemon) deploy(ctx context.Context, o *op) Message {
 
 	d.emit(o, "fetch", "start", "%s -> releases/%s", url, id)
 	var last time.Time
+	var bytes int64
 	fetched, err := d.store.Fetch(ctx, release.FetchRequest{URL: o.req.URL, ID: id, Force: existed, Progress: func(done, total int64) {
+		bytes = max(bytes, done)
 		if now := time.Now(); now.Sub(last) >= 100*time.Millisecond || (total > 0 && done == total) {
 			last = now
 			o.log.emit(Message{Stage: "fetch", Kind: "progress", Done: done, Total: total})
 		}
 	}})
+	d.metrics.fetchBytes.Add(float64(bytes))
 	if err != nil {
 		code := codeFailed
 		switch {

@@ -43,7 +43,7 @@ const lastDeploys = 10
 
 func (d *daemon) status() *StatusDoc {
 	st := &StatusDoc{Root: d.store.Root(), Socket: d.cfg.Control.Socket, PID: os.Getpid(), Version: agentVersion(),
-		Uptime: time.Since(d.start).Seconds(), Listen: d.socks.Addrs(), Generations: []GenerationDoc{}, LastDeploys: []HistoryEntry{}}
+		Uptime: time.Since(d.start).Seconds(), Listen: d.socks.Addrs(), Metrics: d.metrics.addr(), Generations: []GenerationDoc{}, LastDeploys: []HistoryEntry{}}
 	cur, err := d.store.Current()
 	if err == nil {
 		st.Current = cur
