@@ -70,7 +70,7 @@ type daemon struct {
 	lost     listenLost      // lost listening sockets (listenwatch.go)
 	opsWG    sync.WaitGroup
 	up       upgrader      // SIGUSR2: upgrade.go
-	metrics  *agentMetrics // metrics.go; set before anything runs
+	metrics  *agentMetrics // metrics.go; nil when off, set before anything runs
 }
 
 // op is one deploy, rollback or reload, queued or running.
@@ -117,7 +117,6 @@ func notify(log *slog.Logger, state string) {
 // runDaemon is `agent run`; it returns the exit code.
 func runDaemon(cfg *Config, log *slog.Logger) int {
 	d := &daemon{cfg: cfg, log: log, start: time.Now(), hooks: &hooks.Runner{Timeout: cfg.Hooks.Timeout, Logger: log}}
-	d.metrics = newAgentMetrics(d)
 	log.Info("Starting", "version", agentVersion(), "config", cfg.Path, "root", cfg.Root, "pid", os.Getpid())
 
 	store, err := release.Open(cfg.Root, release.Options{

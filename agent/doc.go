@@ -39,6 +39,11 @@
 //     now at its path in place (same pid), handing over the sockets, the
 //     control socket and the serving generation, whose workers never restart;
 //     it is refused while an operation runs (see cluster.Master.Upgrade).
+//   - [metrics] address (off when empty): GET /metrics in the Prometheus
+//     text format on a socket of its own (metrics.go), never an app socket;
+//     an address that cannot be bound is a config error at its line (exit
+//     2), except in an agent started by an upgrade, which goes on without
+//     it. SIGUSR2 hands the socket over; counters restart from 0.
 //   - [app] adapter = "node": at start the agent writes nodepreload.cjs
 //     (embedded) to <root>/.agent/node/handoff-node-<hash>.cjs, in a 0700
 //     directory it owns, never into a release, and gives every worker

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -430,5 +431,45 @@ func checkDashboard(t *testing.T, p *prometheus, scrape string) {
 	}
 	if n < 10 {
 		t.Errorf("dashboard has %d queries", n)
+	}
+}
+
+// TestE2E_metricsUnixSocket: the endpoint on a unix socket replaces a stale
+// socket file (left by a killed agent), answers there, and its path goes
+// with the agent.
+func TestE2E_metricsUnixSocket(t *testing.T) {
+	s := newSetup(t, "")
+	path := filepath.Join(s.dir, "metrics.sock")
+	stale, err := net.Listen("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stale.(*net.UnixListener).SetUnlinkOnClose(false)
+	stale.Close() // the file stays, nobody listens: what kill -9 leaves
+	s.writeConfig(fmt.Sprintf(baseConfig, s.root) + "\n[metrics]\naddress = \"unix:metrics.sock\"\n")
+	p := s.start(nil)
+	if st := s.status(); st.Metrics != "unix:"+path {
+		t.Fatalf("status metrics %q, want unix:%s", st.Metrics, path)
+	}
+	c := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			return (&net.Dialer{}).DialContext(ctx, "unix", path)
+		}}}
+	res, err := c.Get("http://agent/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(res.Body)
+	res.Body.Close()
+	if v := sampleValue(t, string(b), "handoff_generation"); v != 0 {
+		t.Errorf("handoff_generation = %v with no deploy", v)
+	}
+	promtoolMetrics(t, string(b))
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	if code := p.wait(30 * time.Second); code != 0 {
+		t.Fatalf("exit %d", code)
+	}
+	if _, err := os.Stat(path); !os.IsNotExist(err) {
+		t.Errorf("%s after the agent stopped: %v", path, err)
 	}
 }

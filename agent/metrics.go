@@ -18,6 +18,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -32,8 +33,9 @@ const metricsFile = "metrics"
 // opStart labels the start-up generation in handoff_deploys_total.
 const opStart = "start"
 
-// agentMetrics is the agent's registry and, when [metrics] address is set,
-// its HTTP server. The counters are always kept; they cost nothing.
+// agentMetrics is the agent's registry and its HTTP server. A nil
+// *agentMetrics is the endpoint off: every method is then a no-op, so that
+// an agent without [metrics] neither registers nor collects anything.
 type agentMetrics struct {
 	reg        *metrics.Registry
 	deploys    *metrics.CounterVec   // op, result (the result's code)
@@ -42,9 +44,9 @@ type agentMetrics struct {
 	fetchBytes *metrics.Counter
 	hookFails  *metrics.CounterVec // stage
 
-	ln   net.Listener // nil: off
+	ln   net.Listener
 	srv  *http.Server
-	done chan error // Serve's return, once served
+	done chan error // Serve's return
 }
 
 // readinessBuckets span a delay readiness of a few ms to a timeout of
@@ -52,8 +54,8 @@ type agentMetrics struct {
 var readinessBuckets = []float64{.05, .1, .25, .5, 1, 2, 3, 5, 10, 20, 30, 60, 120, 300}
 
 // newAgentMetrics registers the agent's metrics; the scrape-time ones read
-// d's master, store and lost-socket record, so a scrape must not come
-// before d.master is set (serveMetrics).
+// d's master, store, lost-socket record and upgrade state, so it is made
+// once they are set (serveMetrics).
 func newAgentMetrics(d *daemon) *agentMetrics {
 	r := metrics.NewRegistry()
 	m := &agentMetrics{reg: r,
@@ -73,20 +75,38 @@ func newAgentMetrics(d *daemon) *agentMetrics {
 	for _, stage := range []string{"pre-activate", "post-deploy", "post-rollback", "on-failure"} {
 		m.hookFails.With(stage)
 	}
+	// One snapshot per scrape, read by the families below; guarded by the
+	// registry's scrape lock.
+	var st cluster.Status
+	var cur string
+	var curErr error
+	var lost int
+	r.BeforeScrape(func() {
+		st = d.master.Status()
+		cur, curErr = d.store.Current()
+		d.mu.Lock()
+		lost = d.lost.count
+		d.mu.Unlock()
+	})
+	states := [...]string{cluster.WorkerStarting, cluster.WorkerReady, cluster.WorkerBackoff, cluster.WorkerStopping, cluster.WorkerExited}
 	r.Func("handoff_workers", "Worker slots of the live generations, by state.", metrics.TypeGauge, []string{"state"}, func(emit func(float64, ...string)) {
-		n := map[string]int{}
-		for _, g := range d.master.Status().Generations {
+		var n [len(states)]int
+		for _, g := range st.Generations {
 			for _, w := range g.Workers {
-				n[w.State]++
+				for i, s := range states {
+					if w.State == s {
+						n[i]++
+					}
+				}
 			}
 		}
-		for _, s := range []string{cluster.WorkerStarting, cluster.WorkerReady, cluster.WorkerBackoff, cluster.WorkerStopping, cluster.WorkerExited} {
-			emit(float64(n[s]), s)
+		for i, s := range states {
+			emit(float64(n[i]), s)
 		}
 	})
 	r.Func("handoff_generation", "Id of the serving generation; 0 when none serves.", metrics.TypeGauge, nil, func(emit func(float64, ...string)) {
 		id := 0
-		for _, g := range d.master.Status().Generations {
+		for _, g := range st.Generations {
 			if g.State == cluster.GenServing {
 				id = g.ID
 			}
@@ -94,25 +114,24 @@ func newAgentMetrics(d *daemon) *agentMetrics {
 		emit(float64(id))
 	})
 	r.Func("handoff_release_info", "1 for the release current names; no series when there is none.", metrics.TypeGauge, []string{"release"}, func(emit func(float64, ...string)) {
-		if cur, err := d.store.Current(); err == nil {
+		if curErr == nil {
 			emit(1, cur)
 		}
 	})
 	r.Func("handoff_worker_restarts_total", "Workers restarted after they died (restart policy with backoff).", metrics.TypeCounter, nil, func(emit func(float64, ...string)) {
-		emit(float64(d.master.Status().Restarts))
+		emit(float64(st.Restarts))
 	})
 	r.Func("handoff_worker_exits_total", "Worker processes ended, by reason: stopped (by the agent), exited (on its own), killed (by a signal the agent did not send), start_failed.", metrics.TypeCounter, []string{"reason"}, func(emit func(float64, ...string)) {
-		e := d.master.Status().Exits
-		emit(float64(e.Stopped), "stopped")
-		emit(float64(e.Exited), "exited")
-		emit(float64(e.Killed), "killed")
-		emit(float64(e.StartFailed), "start_failed")
+		emit(float64(st.Exits.Stopped), "stopped")
+		emit(float64(st.Exits.Exited), "exited")
+		emit(float64(st.Exits.Killed), "killed")
+		emit(float64(st.Exits.StartFailed), "start_failed")
 	})
 	r.Func("handoff_rescue_held_connections_total", "Client connections of stopping workers that connection rescue held.", metrics.TypeCounter, nil, func(emit func(float64, ...string)) {
-		emit(float64(d.master.Status().Rescued.Held))
+		emit(float64(st.Rescued.Held))
 	})
 	r.Func("handoff_rescued_connections_total", "Held connections by outcome: forwarded (their requests went to the serving generation), idle, gone, abandoned, refused (not HTTP/1.x), failed (502 sent).", metrics.TypeCounter, []string{"outcome"}, func(emit func(float64, ...string)) {
-		s := d.master.Status().Rescued
+		s := st.Rescued
 		emit(float64(s.Forwarded), "forwarded")
 		emit(float64(s.Idle), "idle")
 		emit(float64(s.Gone), "gone")
@@ -121,18 +140,14 @@ func newAgentMetrics(d *daemon) *agentMetrics {
 		emit(float64(s.Failed), "failed")
 	})
 	r.Func("handoff_rescued_requests_total", "Requests connection rescue forwarded, by kind: waiting (unread by the worker) or replayed (read and dropped unanswered by it).", metrics.TypeCounter, []string{"kind"}, func(emit func(float64, ...string)) {
-		s := d.master.Status().Rescued
-		emit(float64(s.Requests-s.Replayed), "waiting")
-		emit(float64(s.Replayed), "replayed")
+		emit(float64(st.Rescued.Requests-st.Rescued.Replayed), "waiting")
+		emit(float64(st.Rescued.Replayed), "replayed")
 	})
 	r.Func("handoff_listeners_lost_total", "Listening sockets a worker shut down or whose unix path went, restored by the agent.", metrics.TypeCounter, nil, func(emit func(float64, ...string)) {
-		d.mu.Lock()
-		n := d.lost.count
-		d.mu.Unlock()
-		emit(float64(n))
+		emit(float64(lost))
 	})
 	r.Func("handoff_agent_info", "1, labelled with the agent's version and its in-place upgrades so far (counters restart at each).", metrics.TypeGauge, []string{"version", "upgrades"}, func(emit func(float64, ...string)) {
-		emit(1, agentVersion(), fmt.Sprint(d.up.state.Upgrades))
+		emit(1, agentVersion(), strconv.Itoa(d.up.state.Upgrades)) // set before the endpoint serves, never after
 	})
 	r.AddRuntime()
 	return m
@@ -140,6 +155,9 @@ func newAgentMetrics(d *daemon) *agentMetrics {
 
 // operation counts an ended operation.
 func (m *agentMetrics) operation(o *op, res Message) {
+	if m == nil {
+		return
+	}
 	name := o.req.Op
 	if o.first {
 		name = opStart
@@ -150,7 +168,30 @@ func (m *agentMetrics) operation(o *op, res Message) {
 
 // refused counts an operation that never ran (busy, superseded).
 func (m *agentMetrics) refused(op, code string) {
-	m.deploys.With(op, code).Inc()
+	if m != nil {
+		m.deploys.With(op, code).Inc()
+	}
+}
+
+// ready records how long a successful reload took to reach its quorum.
+func (m *agentMetrics) ready(after time.Duration) {
+	if m != nil {
+		m.readiness.Observe(after.Seconds())
+	}
+}
+
+// fetched counts artifact bytes.
+func (m *agentMetrics) fetched(n int64) {
+	if m != nil {
+		m.fetchBytes.Add(float64(n))
+	}
+}
+
+// hookFailed counts a failed hook stage.
+func (m *agentMetrics) hookFailed(stage string) {
+	if m != nil {
+		m.hookFails.With(stage).Inc()
+	}
 }
 
 // listenMetrics binds the endpoint's socket, or adopts the one handed over
@@ -208,12 +249,9 @@ func listenerAddr(l net.Listener) string {
 	return l.Addr().String()
 }
 
-// serve starts the HTTP server on ln, if any, in a goroutine that close
-// stops and waits for.
+// serve starts the HTTP server on ln in a goroutine that close stops and
+// waits for.
 func (m *agentMetrics) serve(ln net.Listener) {
-	if ln == nil {
-		return
-	}
 	if u, ok := ln.(*net.UnixListener); ok {
 		u.SetUnlinkOnClose(false) // an upgrade hands it over; close removes the path itself
 	}
@@ -226,7 +264,7 @@ func (m *agentMetrics) serve(ln net.Listener) {
 
 // addr is where the endpoint listens ("" when off), for status.
 func (m *agentMetrics) addr() string {
-	if m.ln == nil {
+	if m == nil {
 		return ""
 	}
 	return listenerAddr(m.ln)
@@ -234,7 +272,7 @@ func (m *agentMetrics) addr() string {
 
 // file returns a copy of the endpoint's socket for an upgrade, or nil.
 func (m *agentMetrics) file() *os.File {
-	if m.ln == nil {
+	if m == nil {
 		return nil
 	}
 	f, err := m.ln.(interface{ File() (*os.File, error) }).File()
@@ -246,7 +284,7 @@ func (m *agentMetrics) file() *os.File {
 
 // close stops the server within a few seconds and waits for it.
 func (m *agentMetrics) close() {
-	if m.srv == nil {
+	if m == nil {
 		return
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -270,11 +308,12 @@ func (d *daemon) serveMetrics() int {
 	ln, err := listenMetrics(cfg.Address, d.up.metricsFile)
 	d.up.metricsFile = nil
 	switch {
+	case err == nil && ln == nil: // off
+		return exitOK
 	case err == nil:
+		d.metrics = newAgentMetrics(d)
 		d.metrics.serve(ln)
-		if ln != nil {
-			d.log.Info("Metrics endpoint ready", "addr", d.metrics.addr())
-		}
+		d.log.Info("Metrics endpoint ready", "addr", d.metrics.addr())
 		return exitOK
 	case d.up.resumed:
 		d.log.Error("Cannot serve the metrics endpoint: going on without it", "addr", cfg.Address, "err", err)

@@ -53,7 +53,7 @@ func (d *daemon) runHooks(ctx context.Context, o *op, stage string, cmds [][]str
 	if err == nil {
 		d.emit(o, stage, "done", "hooks done")
 	} else {
-		d.metrics.hookFails.With(stage).Inc()
+		d.metrics.hookFailed(stage)
 	}
 	return err
 }
@@ -102,7 +102,7 @@ func (d *daemon) reloadOnce(ctx context.Context, o *op, id string) (*cluster.Rel
 		o.log.emit(m)
 	})
 	if err == nil {
-		d.metrics.readiness.Observe(res.ReadyAfter.Seconds())
+		d.metrics.ready(res.ReadyAfter)
 		d.emit(o, "reload", "done", "generation %d serving releases/%s: ready after %s, old generation retired after %s",
 			res.Generation, id, fmtDur(res.ReadyAfter), fmtDur(res.RetiredAfter))
 	}
@@ -251,7 +251,7 @@ func (d *daemon) deploy(ctx context.Context, o *op) Message {
 			o.log.emit(Message{Stage: "fetch", Kind: "progress", Done: done, Total: total})
 		}
 	}})
-	d.metrics.fetchBytes.Add(float64(bytes))
+	d.metrics.fetched(bytes)
 	if err != nil {
 		code := codeFailed
 		switch {

@@ -33,9 +33,16 @@ var (
 
 // Registry holds metric families and writes them.
 type Registry struct {
-	mu   sync.Mutex // guards fams and names
-	fams []family
-	name map[string]bool
+	mu     sync.Mutex // guards fams, name and before
+	fams   []family
+	name   map[string]bool
+	before []func()
+
+	// scrapeMu serializes scrapes: it guards w, reused from one scrape to
+	// the next so that a scrape allocates little, and whatever the before
+	// hooks snapshot for the collect functions.
+	scrapeMu sync.Mutex
+	w        writer
 }
 
 type family struct {
@@ -62,7 +69,7 @@ func (r *Registry) add(name, help string, typ Type, labels []string, write func(
 		panic(fmt.Sprintf("metrics: %s registered twice", name))
 	}
 	r.name[name] = true
-	r.fams = append(r.fams, family{name: name, help: help, typ: typ, write: write})
+	r.fams = append(r.fams, family{name: name, help: helpEscaper.Replace(help), typ: typ, write: write})
 }
 
 // Counter registers and returns a counter.
@@ -114,13 +121,18 @@ func (r *Registry) Func(name, help string, typ Type, labels []string, collect fu
 		panic(fmt.Sprintf("metrics: %s: Func is for counters and gauges", name))
 	}
 	r.add(name, help, typ, labels, func(w *writer) {
-		collect(func(v float64, values ...string) {
-			if len(values) != len(labels) {
-				panic(fmt.Sprintf("metrics: %s: %d label values for %d labels", name, len(values), len(labels)))
-			}
-			w.sample(name, labels, values, v)
-		})
+		w.name, w.labels = name, labels
+		collect(w.emit)
 	})
+}
+
+// BeforeScrape registers f to run at the start of every scrape, before any
+// family is written, one scrape at a time: a place to take one snapshot
+// that several Func families read.
+func (r *Registry) BeforeScrape(f func()) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.before = append(r.before, f)
 }
 
 // raw registers a family that writes its own samples (summaries).
@@ -131,9 +143,18 @@ func (r *Registry) raw(name, help string, typ Type, write func(w *writer)) {
 // WriteTo writes every family in the text format.
 func (r *Registry) WriteTo(out io.Writer) (int64, error) {
 	r.mu.Lock()
-	fams := append([]family(nil), r.fams...)
+	fams, before := r.fams, r.before // append-only: these elements never change
 	r.mu.Unlock()
-	w := &writer{}
+	r.scrapeMu.Lock()
+	defer r.scrapeMu.Unlock()
+	for _, f := range before {
+		f()
+	}
+	w := &r.w
+	if w.emit == nil {
+		w.emit = w.emitFunc
+	}
+	w.b = w.b[:0]
 	for _, f := range fams {
 		mark := len(w.b)
 		w.header(f.name, f.help, f.typ)
@@ -208,6 +229,7 @@ type Histogram struct {
 	upper  []float64
 	counts []atomic.Uint64 // per bucket, not cumulative; the last is +Inf
 	sum    atomic.Uint64
+	le     []string // the bounds as written
 }
 
 func newHistogram(buckets []float64) *Histogram {
@@ -222,7 +244,12 @@ func newHistogram(buckets []float64) *Histogram {
 	if math.IsInf(buckets[len(buckets)-1], +1) {
 		buckets = buckets[:len(buckets)-1]
 	}
-	return &Histogram{upper: append([]float64(nil), buckets...), counts: make([]atomic.Uint64, len(buckets)+1)}
+	h := &Histogram{upper: append([]float64(nil), buckets...), counts: make([]atomic.Uint64, len(buckets)+1)}
+	for _, u := range h.upper {
+		h.le = append(h.le, string(appendFloat(nil, u)))
+	}
+	h.le = append(h.le, "+Inf")
+	return h
 }
 
 // Observe adds one observation of v.
@@ -238,14 +265,10 @@ func (h *Histogram) write(w *writer, name string, labels, values []string) {
 	var cum uint64
 	for i := range h.counts {
 		cum += h.counts[i].Load()
-		le := "+Inf"
-		if i < len(h.upper) {
-			le = formatFloat(h.upper[i])
-		}
-		w.sampleExtra(name+"_bucket", labels, values, "le", le, float64(cum))
+		w.sampleExtra(name, "_bucket", labels, values, "le", h.le[i], float64(cum))
 	}
-	w.sample(name+"_sum", labels, values, math.Float64frombits(h.sum.Load()))
-	w.sample(name+"_count", labels, values, float64(cum))
+	w.sampleExtra(name, "_sum", labels, values, "", "", math.Float64frombits(h.sum.Load()))
+	w.sampleExtra(name, "_count", labels, values, "", "", float64(cum))
 }
 
 // DefBuckets are upper bounds in seconds for operations from 5 ms to 10 min.
@@ -307,16 +330,43 @@ func (v *vec[T]) each(f func(values []string, m T)) {
 }
 
 // writer builds the exposition.
-type writer struct{ b []byte }
+type writer struct {
+	b []byte
+	// The Func family being written, and its emit function, made once.
+	name   string
+	labels []string
+	emit   func(v float64, values ...string)
+}
+
+func (w *writer) emitFunc(v float64, values ...string) {
+	if len(values) != len(w.labels) {
+		panic(fmt.Sprintf("metrics: %s: %d label values for %d labels", w.name, len(values), len(w.labels)))
+	}
+	w.sample(w.name, w.labels, values, v)
+}
 
 var helpEscaper = strings.NewReplacer(`\`, `\\`, "\n", `\n`)
-var valueEscaper = strings.NewReplacer(`\`, `\\`, "\n", `\n`, `"`, `\"`)
+
+// appendEscaped appends a label value with \, " and newline escaped.
+func appendEscaped(b []byte, s string) []byte {
+	for i := 0; i < len(s); i++ {
+		switch c := s[i]; c {
+		case '\\', '"':
+			b = append(b, '\\', c)
+		case '\n':
+			b = append(b, '\\', 'n')
+		default:
+			b = append(b, c)
+		}
+	}
+	return b
+}
 
 func (w *writer) header(name, help string, typ Type) {
 	w.b = append(w.b, "# HELP "...)
 	w.b = append(w.b, name...)
 	w.b = append(w.b, ' ')
-	w.b = append(w.b, helpEscaper.Replace(help)...)
+	w.b = append(w.b, help...) // escaped at registration
 	w.b = append(w.b, "\n# TYPE "...)
 	w.b = append(w.b, name...)
 	w.b = append(w.b, ' ')
@@ -325,13 +375,14 @@ func (w *writer) header(name, help string, typ Type) {
 }
 
 func (w *writer) sample(name string, labels, values []string, v float64) {
-	w.sampleExtra(name, labels, values, "", "", v)
+	w.sampleExtra(name, "", labels, values, "", "", v)
 }
 
-// sampleExtra writes one sample line; extra, if not "", is one more label
-// (a bucket's le, a summary's quantile) with the value extraV.
-func (w *writer) sampleExtra(name string, labels, values []string, extra, extraV string, v float64) {
+// sampleExtra writes one sample line of name+suffix; extra, if not "", is
+// one more label (a bucket's le, a summary's quantile) with the value extraV.
+func (w *writer) sampleExtra(name, suffix string, labels, values []string, extra, extraV string, v float64) {
 	w.b = append(w.b, name...)
+	w.b = append(w.b, suffix...)
 	if len(labels) > 0 || extra != "" {
 		w.b = append(w.b, '{')
 		for i, l := range labels {
@@ -340,7 +391,7 @@ func (w *writer) sampleExtra(name string, labels, values []string, extra, extraV
 			}
 			w.b = append(w.b, l...)
 			w.b = append(w.b, `="`...)
-			w.b = append(w.b, valueEscaper.Replace(values[i])...)
+			w.b = appendEscaped(w.b, values[i])
 			w.b = append(w.b, '"')
 		}
 		if extra != "" {
@@ -355,18 +406,18 @@ func (w *writer) sampleExtra(name string, labels, values []string, extra, extraV
 		w.b = append(w.b, '}')
 	}
 	w.b = append(w.b, ' ')
-	w.b = append(w.b, formatFloat(v)...)
+	w.b = appendFloat(w.b, v)
 	w.b = append(w.b, '\n')
 }
 
-func formatFloat(v float64) string {
+func appendFloat(b []byte, v float64) []byte {
 	switch {
 	case math.IsInf(v, +1):
-		return "+Inf"
+		return append(b, "+Inf"...)
 	case math.IsInf(v, -1):
-		return "-Inf"
+		return append(b, "-Inf"...)
 	case math.IsNaN(v):
-		return "NaN"
+		return append(b, "NaN"...)
 	}
-	return strconv.FormatFloat(v, 'g', -1, 64)
+	return strconv.AppendFloat(b, v, 'g', -1, 64)
 }

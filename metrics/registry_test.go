@@ -253,3 +253,26 @@ func TestRegistry_ServeHTTP(t *testing.T) {
 	}
 	promtoolCheck(t, body)
 }
+
+// BenchmarkRegistry_WriteTo: what one scrape of a registry like the
+// agent's costs (allocations count: they grow the agent's heap).
+func BenchmarkRegistry_WriteTo(b *testing.B) {
+	r := NewRegistry()
+	r.AddRuntime()
+	cv := r.CounterVec("x_ops_total", "Ops.", "op", "result")
+	for _, op := range []string{"deploy", "rollback", "reload"} {
+		cv.With(op, "ok").Inc()
+		cv.With(op, "failed").Inc()
+	}
+	h := r.HistogramVec("x_seconds", "Durations.", DefBuckets, "op")
+	h.With("deploy").Observe(1)
+	r.Func("x_workers", "Workers.", TypeGauge, []string{"state"}, func(emit func(float64, ...string)) {
+		for _, s := range []string{"starting", "ready", "backoff", "stopping", "exited"} {
+			emit(1, s)
+		}
+	})
+	b.ReportAllocs()
+	for i := 0; i < b.N; i++ {
+		r.WriteTo(io.Discard)
+	}
+}
