@@ -199,14 +199,15 @@ func (m *agentMetrics) hookFailed(stage string) {
 func listenMetrics(addr string, inherited *os.File) (net.Listener, error) {
 	if inherited != nil {
 		defer inherited.Close()
-		if addr != "" {
-			l, err := net.FileListener(inherited)
-			if err == nil && sameAddr(listenerAddr(l), addr) {
+		if l, err := net.FileListener(inherited); err == nil {
+			if addr != "" && sameAddr(listenerAddr(l), addr) {
 				return l, nil
 			}
-			if err == nil {
-				l.Close() // the config moved it: bind the new address
+			// The config moved the endpoint or turned it off.
+			if u, ok := l.(*net.UnixListener); ok {
+				os.Remove(u.Addr().String())
 			}
+			l.Close()
 		}
 	}
 	if addr == "" {
