@@ -446,6 +446,9 @@ func TestE2E_metricsUnixSocket(t *testing.T) {
 	if st := s.status(); st.Metrics != "unix:"+path {
 		t.Fatalf("status metrics %q, want unix:%s", st.Metrics, path)
 	}
+	if out := s.mustDo("status").stdout; !regexp.MustCompile(`(?m)^metrics +unix:` + regexp.QuoteMeta(path) + `$`).MatchString(out) {
+		t.Errorf("agent status does not show the endpoint:\n%s", out)
+	}
 	c := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			return (&net.Dialer{}).DialContext(ctx, "unix", path)
