@@ -430,8 +430,9 @@ func checkDashboard(t *testing.T, p *prometheus, scrape string) {
 }
 
 // TestE2E_metricsUnixSocket: the endpoint on a unix socket replaces a stale
-// socket file (left by a killed agent), answers there, and its path goes
-// with the agent.
+// socket file (left by a killed agent), answers there, stays there when a
+// reload re-reads a config that moves it (refused: restart_needed), and its
+// path goes with the agent.
 func TestE2E_metricsUnixSocket(t *testing.T) {
 	s := newSetup(t, "")
 	path := filepath.Join(s.dir, "metrics.sock")
@@ -453,16 +454,31 @@ func TestE2E_metricsUnixSocket(t *testing.T) {
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			return (&net.Dialer{}).DialContext(ctx, "unix", path)
 		}}}
-	res, err := c.Get("http://agent/metrics")
-	if err != nil {
-		t.Fatal(err)
+	scrape := func() string {
+		t.Helper()
+		res, err := c.Get("http://agent/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(res.Body)
+		res.Body.Close()
+		return string(b)
 	}
-	b, _ := io.ReadAll(res.Body)
-	res.Body.Close()
-	if v := sampleValue(t, string(b), "handoff_generation"); v != 0 {
+	b := scrape()
+	if v := sampleValue(t, b, "handoff_generation"); v != 0 {
 		t.Errorf("handoff_generation = %v with no deploy", v)
 	}
-	promtoolMetrics(t, string(b))
+	promtoolMetrics(t, b)
+
+	// A re-read config that moves the endpoint is refused: a restart is
+	// needed; the endpoint stays where it is and counts the refusal.
+	s.writeConfig(fmt.Sprintf(baseConfig, s.root) + "\n[metrics]\naddress = \"unix:other.sock\"\n")
+	if r := s.do("reload"); r.code != 2 || !strings.Contains(r.stderr, "metrics.address: changed") || !strings.Contains(r.stderr, "restarted") {
+		t.Errorf("reload moving the endpoint: %v", r)
+	}
+	if v := sampleValue(t, scrape(), `handoff_deploys_total{op="reload",result="restart_needed"}`); v != 1 {
+		t.Errorf("refused reloads counted %v, want 1", v)
+	}
 	p.cmd.Process.Signal(syscall.SIGTERM)
 	if code := p.wait(30 * time.Second); code != 0 {
 		t.Fatalf("exit %d", code)
