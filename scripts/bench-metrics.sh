@@ -1,10 +1,10 @@
 #!/bin/bash
 # What the metrics endpoint costs the agent: the binary's size, and the
-# VmRSS of the agent and of its watchdog (README "Performance" measures RSS
-# the same way) with one idle python3 worker after DEPLOYS deploys (default
+# VmRSS of the agent and of its watchdog (as the agent's performance figures
+# measure RSS) with one idle python3 worker after DEPLOYS deploys (default
 # 1), [metrics] off and on, on after SCRAPES GETs of /metrics on one
 # keep-alive connection (default 300), RUNS times each (default 3). For each
-# agent binary given, or this tree built as README "Install" builds it.
+# agent binary given, or this tree built static (CGO_ENABLED=0).
 # MODES=off measures an agent from before [metrics] existed.
 #   scripts/bench-metrics.sh [AGENT_BINARY...]
 set -euo pipefail
