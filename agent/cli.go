@@ -453,6 +453,9 @@ func printStatus(w io.Writer, s *control.StatusDoc) {
 	fmt.Fprintf(tw, "root\t%s\n", s.Root)
 	fmt.Fprintf(tw, "agent\tpid %d, up %s, version %s\n", s.PID, fmtDur(time.Duration(s.Uptime*float64(time.Second))), s.Version)
 	fmt.Fprintf(tw, "listen\t%s\n", strings.Join(s.Listen, ", "))
+	if s.Metrics != "" {
+		fmt.Fprintf(tw, "metrics\t%s\n", s.Metrics)
+	}
 	if s.Running != nil {
 		fmt.Fprintf(tw, "running\t%s %s since %s\n", s.Running.Op, s.Running.ID, s.Running.Since.Local().Format("15:04:05"))
 	}

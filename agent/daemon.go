@@ -78,7 +78,8 @@ type daemon struct {
 	ctx      context.Context // of the operations; nil until the control socket serves
 	lost     listenLost      // lost listening sockets (listenwatch.go)
 	opsWG    sync.WaitGroup
-	up       upgrader // SIGUSR2: upgrade.go
+	up       upgrader      // SIGUSR2: upgrade.go
+	metrics  *agentMetrics // metrics.go; nil when off, set before anything runs
 }
 
 // op is one deploy, rollback or reload, queued or running.
@@ -150,6 +151,12 @@ func runDaemon(cfg *config.Config, log *slog.Logger) int {
 		d.master.Shutdown(context.Background())
 		return exitFailed
 	}
+	if code := d.serveMetrics(); code != exitOK {
+		ln.Close()
+		d.master.Shutdown(context.Background())
+		return code
+	}
+	defer d.metrics.close()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	srv, serveDone := d.serveControl(ctx, ln)
@@ -389,9 +396,11 @@ func (d *daemon) submit(ctx context.Context, req control.Request) *control.Log {
 	case d.running == nil:
 		d.startLocked(ctx, o)
 	case !req.Wait:
+		d.metrics.refused(req.Op, control.CodeBusy)
 		o.log.Finish(result(o, control.CodeBusy, "%s is running since %s", d.running.describe(), d.running.since.Format("15:04:05")))
 	default:
 		if d.waiting != nil {
+			d.metrics.refused(d.waiting.req.Op, control.CodeSuperseded)
 			d.waiting.log.Finish(result(d.waiting, control.CodeSuperseded, "superseded by %s, queued at %s", o.describe(), o.since.Format("15:04:05")))
 			d.log.Info("Queued operation superseded", "old", d.waiting.describe(), "new", o.describe())
 		}
@@ -477,6 +486,7 @@ func (d *daemon) execute(ctx context.Context, o *op) control.Message {
 	res.Current = currentOrEmpty(d.store)
 	res.ListenLost = d.lostResult(o)
 	res.Elapsed = time.Since(start).Seconds()
+	d.metrics.operation(o, res)
 	if res.Code == control.CodeOK {
 		log.Info("Operation done", "release", res.ID, "elapsed", time.Since(start))
 	} else {

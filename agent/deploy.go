@@ -103,12 +103,15 @@ func (d *daemon) checkExisting(o *op, dp *deployment) error {
 func (d *daemon) fetchRelease(ctx context.Context, o *op, dp *deployment) (res control.Message, done bool) {
 	d.emit(o, control.StageFetch, control.KindStart, "%s -> releases/%s", dp.ev.URL, dp.id)
 	var last time.Time
+	var bytes int64 // the most Progress reported: what came in, also for a failed fetch
 	fetched, err := d.store.Fetch(ctx, release.FetchRequest{URL: o.req.URL, ID: dp.id, Force: dp.existed, Progress: func(done, total int64) {
+		bytes = max(bytes, done)
 		if now := time.Now(); now.Sub(last) >= 100*time.Millisecond || (total > 0 && done == total) {
 			last = now
 			o.log.Emit(control.Message{Stage: control.StageFetch, Kind: control.KindProgress, Done: done, Total: total})
 		}
 	}})
+	d.metrics.fetched(bytes)
 	if err != nil {
 		code := control.CodeFailed
 		if errors.Is(err, release.ErrInvalidID) || errors.Is(err, release.ErrExists) {

@@ -52,6 +52,11 @@
 //   - [app] env_file is read when each generation starts; values reach the
 //     workers only (cluster.GenerationSpec.Env), never a log line, status,
 //     history or --json (key names and sha256 digests only).
+//   - [metrics] address (off when empty): GET /metrics in the Prometheus
+//     text format on a socket of its own (metrics.go), never an app socket;
+//     an address that cannot be bound is a config error at its line (exit
+//     2), except in an agent started by an upgrade, which goes on without
+//     it. SIGUSR2 hands the socket over; counters restart from 0.
 //   - [app] adapter = "node": at start the agent writes nodepreload.cjs
 //     (embedded) to <root>/.agent/node/handoff-node-<hash>.cjs, in a 0700
 //     directory it owns, never into a release, and gives every worker

@@ -53,6 +53,8 @@ func (d *daemon) runHooks(ctx context.Context, o *op, stage control.Stage, cmds 
 	})
 	if err == nil {
 		d.emit(o, stage, control.KindDone, "hooks done")
+	} else {
+		d.metrics.hookFailed(stage)
 	}
 	return err
 }
@@ -89,6 +91,7 @@ func (d *daemon) reloadOnce(ctx context.Context, o *op, id string) (*cluster.Rel
 		o.log.Emit(d.reloadMessage(ev, ready))
 	})
 	if err == nil {
+		d.metrics.ready(res.ReadyAfter)
 		d.mu.Lock()
 		d.envFiles = envDocs
 		d.mu.Unlock()

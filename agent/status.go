@@ -47,7 +47,7 @@ func (d *daemon) status() *control.StatusDoc {
 	sock := d.cfg.Control.Socket
 	d.mu.Unlock()
 	st := &control.StatusDoc{Root: d.store.Root(), Socket: sock, PID: os.Getpid(), Version: agentVersion(),
-		Uptime: time.Since(d.start).Seconds(), Listen: d.socks.Addrs(), Generations: []control.GenerationDoc{}, LastDeploys: []control.HistoryEntry{}}
+		Uptime: time.Since(d.start).Seconds(), Listen: d.socks.Addrs(), Metrics: d.metrics.addr(), Generations: []control.GenerationDoc{}, LastDeploys: []control.HistoryEntry{}}
 	cur, err := d.store.Current()
 	if err == nil {
 		st.Current = cur

@@ -78,8 +78,9 @@ type upgradeState struct {
 
 // upgrader is the daemon's upgrade bookkeeping.
 type upgrader struct {
-	state   upgradeState
-	resumed bool // this process was started by an upgrade
+	state       upgradeState
+	resumed     bool     // this process was started by an upgrade
+	metricsFile *os.File // the metrics endpoint's socket handed over, if any (metrics.go)
 }
 
 // opUpgrade marks the daemon busy while it upgrades itself.
@@ -152,8 +153,9 @@ func (d *daemon) listenControl(path string, gid int) (*net.UnixListener, error) 
 	}
 	d.log.Info("Upgraded in place", "from", st.From, "to", agentVersion(), "upgrades", d.up.state.Upgrades)
 	f := files[controlFile]
+	d.up.metricsFile = files[metricsFile]
 	for name, f := range files {
-		if name != controlFile {
+		if name != controlFile && name != metricsFile {
 			f.Close()
 		}
 	}
@@ -221,11 +223,16 @@ func (d *daemon) upgrade(ctx context.Context, ln *net.UnixListener) error {
 		return fmt.Errorf("upgrade: control socket: %w", err)
 	}
 	defer f.Close()
+	files := map[string]*os.File{controlFile: f}
+	if mf := d.metrics.file(); mf != nil {
+		defer mf.Close()
+		files[metricsFile] = mf
+	}
 	st := d.up.state
 	st.From = agentVersion()
 	state, _ := json.Marshal(st)
 	notify(d.log, sddaemon.SdNotifyReloading, sdStatus+"upgrading the agent in place")
-	err = d.master.Upgrade(ctx, st.Binary, os.Args, map[string]*os.File{controlFile: f}, state)
+	err = d.master.Upgrade(ctx, st.Binary, os.Args, files, state)
 	d.markReady(d.statusLine())
 	return err
 }

@@ -95,6 +95,7 @@ func (s *slot) run(p *proc, err error) {
 			m.log.Warn("Worker start failed", "gen", s.g.id, "worker", s.id, "err", err)
 			m.mu.Lock()
 			s.state, s.lastExit, s.startErr = WorkerExited, err.Error(), err
+			m.exits.StartFailed++
 			m.mu.Unlock()
 			s.g.signal()
 		}
@@ -130,6 +131,7 @@ func (s *slot) run(p *proc, err error) {
 		}
 		p, err = m.spawn(s, func(p *proc, err error) {
 			s.restarts++
+			m.restarts++
 			if err == nil {
 				s.proc, s.startErr, s.state = p, nil, WorkerStarting
 			}
@@ -169,6 +171,7 @@ func (s *slot) watch(p *proc) {
 	status := p.exitStatus()
 	m.mu.Lock()
 	s.state, s.lastExit = WorkerExited, status
+	p.countExit(&m.exits) // lock order: m.mu, then p.mu, as in Status
 	m.mu.Unlock()
 	p.log.Info("Worker exited", "status", status, "after", p.exitedAt.Sub(p.started).Round(time.Millisecond))
 	m.emit(ReloadEvent{Kind: EventWorkerExited, Generation: s.g.id, Worker: s.id, PID: p.pid, Message: status})

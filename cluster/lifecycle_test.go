@@ -103,6 +103,10 @@ func TestMaster_RestartPinned(t *testing.T) {
 	if w.Restarts != 1 || w.LastExit != "signal: killed" {
 		t.Errorf("status %+v", w)
 	}
+	// The totals: a kill the master did not send, one restart.
+	if st := h.m.Status(); st.Restarts != 1 || st.Exits != (ExitStats{Killed: 1}) {
+		t.Errorf("totals: restarts %d, exits %+v", st.Restarts, st.Exits)
+	}
 	cwd, _ := os.Readlink(fmt.Sprintf("/proc/%d/cwd", w.PID))
 	if cwd != a.Dir {
 		t.Errorf("restarted in %q, want %q", cwd, a.Dir)

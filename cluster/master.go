@@ -130,13 +130,15 @@ type Master struct {
 
 	// mu guards the generations and what is counted across them; held
 	// briefly, never across a spawn, a signal or a wait.
-	mu      sync.Mutex
-	next    *Config       // per-generation settings for the next Reload (SetConfig); nil: cfg's
-	closed  bool          // Shutdown started: Reload and Upgrade return ErrClosed
-	gens    []*generation // live, oldest first
-	serving *generation
-	nextGen int
-	rescued RescueStats // totals since start
+	mu       sync.Mutex
+	next     *Config       // per-generation settings for the next Reload (SetConfig); nil: cfg's
+	closed   bool          // Shutdown started: Reload and Upgrade return ErrClosed
+	gens     []*generation // live, oldest first
+	serving  *generation
+	nextGen  int
+	rescued  RescueStats // totals since start
+	restarts int64       // worker restarts since start
+	exits    ExitStats   // worker processes ended since start
 }
 
 // NewMaster validates cfg and prepares a master for socks; no worker runs

@@ -396,6 +396,20 @@ func (p *proc) exitStatus() string {
 	return p.state.String()
 }
 
+// countExit adds the ended process to the counter of e it belongs in.
+func (p *proc) countExit(e *ExitStats) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	switch {
+	case p.stopping:
+		e.Stopped++
+	case p.state != nil && p.state.Sys().(syscall.WaitStatus).Signaled():
+		e.Killed++
+	default:
+		e.Exited++
+	}
+}
+
 func (p *proc) lastLines() []string {
 	p.mu.Lock()
 	defer p.mu.Unlock()

@@ -9,6 +9,19 @@ type Status struct {
 	Generations []GenerationStatus `json:"generations"` // oldest first
 	Sockets     []string           `json:"sockets"`
 	Rescued     RescueStats        `json:"rescued"` // connection rescue, totals since the master started
+	// Worker processes restarted and ended, totals since this program's
+	// master started (an upgrade starts them again from 0).
+	Restarts int64     `json:"restarts"`
+	Exits    ExitStats `json:"exits"`
+}
+
+// ExitStats counts worker processes that ended, by why. Each ended process
+// (or failed start) is in exactly one counter.
+type ExitStats struct {
+	Stopped     int64 `json:"stopped"`      // the master stopped it: retired, failed generation, shutdown
+	Exited      int64 `json:"exited"`       // it exited on its own, with any exit code
+	Killed      int64 `json:"killed"`       // a signal the master did not send ended it (a crash, the OOM killer)
+	StartFailed int64 `json:"start_failed"` // it could not be started
 }
 
 // GenerationStatus describes one live generation.
@@ -41,7 +54,8 @@ func (m *Master) Status() Status {
 	epoch := m.socks.Epoch()
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	st := Status{Sockets: m.socks.Addrs(), Generations: []GenerationStatus{}, Rescued: m.rescued}
+	st := Status{Sockets: m.socks.Addrs(), Generations: []GenerationStatus{}, Rescued: m.rescued,
+		Restarts: m.restarts, Exits: m.exits}
 	now := time.Now()
 	for _, g := range m.gens {
 		gs := GenerationStatus{ID: g.id, ReleaseID: g.spec.ReleaseID, Dir: g.dir, State: g.state, Started: g.created, Stale: g.epoch < epoch}

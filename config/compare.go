@@ -10,7 +10,8 @@ import (
 // What re-reading the config file of a running agent may change: every key
 // applies to the next generation and the next operation, except the few
 // that shape what the agent opened at start (its listening sockets, its
-// release root, its control socket, its listen watch), which take a restart.
+// release root, its control socket, its listen watch, its metrics endpoint),
+// which take a restart.
 
 // Change is what a re-read config changes against the one in force.
 type Change struct {
@@ -24,7 +25,7 @@ type Change struct {
 }
 
 // restartKeys are the keys whose change takes a restart of the agent.
-var restartKeys = map[string]bool{"root": true, "listen": true, "control.socket": true, "app.listen_check": true}
+var restartKeys = map[string]bool{"root": true, "listen": true, "control.socket": true, "app.listen_check": true, "metrics.address": true}
 
 // RestartKeys returns the keys whose change takes a restart of the agent,
 // sorted; every other key applies live.
@@ -171,5 +172,6 @@ func compared(o, n *Config) []comparedKey {
 		{"hooks.post-rollback", oh.PostRollback, nh.PostRollback},
 		{"hooks.on-failure", oh.OnFailure, nh.OnFailure},
 		{"hooks.post_deploy_failure", oh.PostDeployFailure, nh.PostDeployFailure},
+		{"metrics.address", o.Metrics.Address, n.Metrics.Address},
 	}
 }

@@ -48,6 +48,13 @@ type Config struct {
 	Fetch        FetchConfig
 	Control      ControlConfig
 	Hooks        HooksConfig
+	Metrics      MetricsConfig
+}
+
+// MetricsConfig is [metrics]: the Prometheus endpoint (metrics.go).
+type MetricsConfig struct {
+	Address string  // "" = off; host:port or unix:/path
+	Pos     Problem // where the address is, for an address in use at start; Msg unused
 }
 
 type AppConfig struct {
@@ -249,6 +256,9 @@ type rawConfig struct {
 		OnFailure         tCommands `toml:"on-failure"`
 		PostDeployFailure tEnum     `toml:"post_deploy_failure"`
 	} `toml:"hooks"`
+	Metrics struct {
+		Address tOptAddress `toml:"address"`
+	} `toml:"metrics"`
 }
 
 // defaultRaw is every default of deploy.toml: those of the package that
@@ -307,6 +317,7 @@ func parseConfig(path, src string) (*Config, error) {
 	ck.resolvePaths(c)
 	ck.required()
 	ck.listen(c, raw)
+	ck.metrics(c, raw)
 	ck.acrossKeys(c)
 	if len(cerr.Problems) > 0 {
 		sortProblems(cerr.Problems)
@@ -521,6 +532,30 @@ func (ck *checker) listen(c *Config, raw rawConfig) {
 		seen[string(l.Name)] = i
 		c.Listen = append(c.Listen, ListenConfig{Name: string(l.Name), Address: string(l.Address),
 			Rescue: l.Rescue.or(true), NoDelay: l.NoDelay.or(true), Pos: Problem{Line: lp.Line, Col: lp.Col}})
+	}
+}
+
+// metrics fills c.Metrics: a unix path resolves against the config file's
+// directory; the endpoint shares no [[listen]] address (port 0 aside) and
+// is not the control socket.
+func (ck *checker) metrics(c *Config, raw rawConfig) {
+	written := string(raw.Metrics.Address)
+	a := written
+	if a == "" {
+		return
+	}
+	mp := ck.where("metrics.address", 0)
+	if p, ok := strings.CutPrefix(a, "unix:"); ok && !filepath.IsAbs(p) {
+		a = "unix:" + filepath.Join(ck.base, p)
+	}
+	c.Metrics = MetricsConfig{Address: a, Pos: Problem{Line: mp.Line, Col: mp.Col}}
+	for _, l := range c.Listen {
+		if (l.Address == written || l.Address == a) && !strings.HasSuffix(a, ":0") {
+			ck.add(mp, "metrics.address: %q is the address of [[listen]] %q: the endpoint never shares the app's sockets", a, l.Name)
+		}
+	}
+	if c.Control.Socket != "" && a == "unix:"+c.Control.Socket {
+		ck.add(mp, "metrics.address: %q is the control socket", a)
 	}
 }
 

@@ -104,6 +104,13 @@ func TestParseConfig_defaults(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if c.Metrics.Address != "" {
+		t.Errorf("metrics on by default: %q", c.Metrics.Address)
+	}
+	m, err := parseConfig("/x/deploy.toml", "root = \"/a\"\n[app]\ncommand = [\"a\"]\n[metrics]\naddress = \"unix:run/m.sock\"\n")
+	if err != nil || m.Metrics.Address != "unix:/x/run/m.sock" || m.Metrics.Pos.Line != 5 {
+		t.Errorf("metrics: %+v, %v", m.Metrics, err)
+	}
 	if rel.Root != "/x/y/srv" || rel.Control.Socket != "/x/y/run/a.sock" || rel.Fetch.MaxBytes != 1<<20 {
 		t.Errorf("relative paths resolve against the config's dir: root %q socket %q", rel.Root, rel.Control.Socket)
 	}
@@ -163,6 +170,10 @@ func TestParseConfig_errors(t *testing.T) {
 			`deploy.toml:12:11: listen.address: invalid address "y", want "host:port" or "unix:/path"`,
 			`deploy.toml:14:8: readiness.mode: unknown value "z", want one of "listen", "notify", "delay"`,
 			`deploy.toml:15:2: unknown key "extra"`}},
+		{name: "bad metrics address", src: ok + "[metrics]\naddress = \"9100\"\n", want: []string{`deploy.toml:6:11: metrics.address: invalid address "9100", want "host:port" or "unix:/path"`}},
+		{name: "metrics on the app's address", src: ok + "[[listen]]\nname = \"http\"\naddress = \"127.0.0.1:8080\"\n[metrics]\naddress = \"127.0.0.1:8080\"\n",
+			want: []string{`deploy.toml:9:1: metrics.address: "127.0.0.1:8080" is the address of [[listen]] "http": the endpoint never shares the app's sockets`}},
+		{name: "metrics on the control socket", src: ok + "[metrics]\naddress = \"unix:/srv/a/.agent/agent.sock\"\n", want: []string{`deploy.toml:6:1: metrics.address: "unix:/srv/a/.agent/agent.sock" is the control socket`}},
 		{name: "table expected", src: "root = \"/a\"\napp = 3\n", want: []string{`deploy.toml:2:7: app: want a table, got an integer`}},
 		{name: "array of tables expected", src: "root = \"/a\"\nlisten = 3\n[app]\ncommand = [\"x\"]\n", want: []string{`deploy.toml:2:10: listen: want an array of tables ([[listen]]), got an integer`}},
 		{name: "several problems", src: "[app]\nworkers = 2\nfoo = 1\n", want: []string{

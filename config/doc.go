@@ -32,7 +32,7 @@
 //   - Compare(old, new) names the changed keys (never a value; [app] env as
 //     app.env.NAME) and, one line each, the changes a running agent cannot
 //     apply (RestartKeys: root, [[listen]], control.socket,
-//     app.listen_check); every other key applies live.
+//     app.listen_check, metrics.address); every other key applies live.
 //   - Each default lives once, in the package that takes the value
 //     (cluster.Default*, release.Default*, hooks.DefaultTimeout); defaultRaw
 //     reads them from there.

@@ -371,6 +371,22 @@ func (t *tAddress) UnmarshalTOML(v any) error {
 	return nil
 }
 
+// tOptAddress is a tAddress, or "" for none.
+type tOptAddress string
+
+func (t *tOptAddress) UnmarshalTOML(v any) error {
+	if s, ok := v.(string); ok && s == "" {
+		*t = ""
+		return nil
+	}
+	var a tAddress
+	if err := a.UnmarshalTOML(v); err != nil {
+		return err
+	}
+	*t = tOptAddress(a)
+	return nil
+}
+
 type tSchemes []string
 
 func (t *tSchemes) UnmarshalTOML(v any) error {

@@ -168,6 +168,7 @@ type StatusDoc struct {
 	Running      *RunningOp      `json:"running,omitempty"` // the deploy/rollback/reload in progress
 	Waiting      *RunningOp      `json:"waiting,omitempty"`
 	Listen       []string        `json:"listen"`
+	Metrics      string          `json:"metrics,omitempty"` // the Prometheus endpoint's address, when on
 	Generations  []GenerationDoc `json:"generations"`
 	LastDeploys  []HistoryEntry  `json:"last_deploys"`
 	// ListenersLost counts the listening sockets lost (shut down by a

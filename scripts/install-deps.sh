@@ -19,5 +19,12 @@ if [ ${#need[@]} -gt 0 ]; then
 	apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
+# The metrics tests: a real Prometheus scrapes the agent; promtool lints
+# (without the exporters it recommends; the tests start their own server).
+if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then
+	echo "== apt-get install prometheus"
+	apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+fi
 go mod download
 bash "$(dirname "$0")/install-examples-deps.sh"

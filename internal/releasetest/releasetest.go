@@ -160,6 +160,17 @@ func (s *Server) Put(name string, b []byte) string {
 	return s.URL + "/" + name
 }
 
+// BlobBytes is the size of every blob published, summed.
+func (s *Server) BlobBytes() int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var n int64
+	for _, b := range s.blobs {
+		n += int64(len(b))
+	}
+	return n
+}
+
 // Handle serves /name with h (ahead of a blob of that name).
 func (s *Server) Handle(name string, h http.HandlerFunc) {
 	s.mu.Lock()

@@ -1,0 +1,81 @@
+#!/bin/bash
+# What the metrics endpoint costs the agent: the binary's size, and the
+# VmRSS of the agent and of its watchdog (as the agent's performance figures
+# measure RSS) with one idle python3 worker after DEPLOYS deploys (default
+# 1), [metrics] off and on, on after SCRAPES GETs of /metrics on one
+# keep-alive connection (default 300), RUNS times each (default 3). For each
+# agent binary given, or this tree built static (CGO_ENABLED=0).
+# MODES=off measures an agent from before [metrics] existed.
+#   scripts/bench-metrics.sh [AGENT_BINARY...]
+set -euo pipefail
+SCRAPES=${SCRAPES:-300}
+RUNS=${RUNS:-3}
+DEPLOYS=${DEPLOYS:-1}
+cd "$(dirname "$0")/.."
+W=$(mktemp -d)
+trap 'rm -rf "$W"' EXIT
+bins=("$@")
+if [ ${#bins[@]} -eq 0 ]; then
+	CGO_ENABLED=0 go build -o "$W/agent" ./agent
+	bins=("$W/agent")
+fi
+mkdir -p "$W/rel"
+cat > "$W/rel/app.py" <<'APP'
+import os, signal, socket, time
+socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).sendto(b"READY=1", os.environ["NOTIFY_SOCKET"])
+signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+while True:
+    time.sleep(3600)
+APP
+rss() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
+one() { # BINARY on|off RUN
+	local bin=$1 d p addr wd=0 c
+	d=$(mktemp -d "$W/$2-$3-XXXX")
+	mkdir -p "$d"
+	cat > "$d/deploy.toml" <<TOML
+root = "$d/root"
+[app]
+command = ["python3", "app.py"]
+workers = 1
+[[listen]]
+name = "http"
+address = "127.0.0.1:0"
+[readiness]
+mode = "notify"
+TOML
+	[ "$2" = on ] && printf '[metrics]\naddress = "127.0.0.1:0"\n' >> "$d/deploy.toml"
+	"$bin" run -c "$d/deploy.toml" 2>"$d/log" &
+	p=$!
+	for _ in $(seq 100); do "$bin" status -c "$d/deploy.toml" >/dev/null 2>&1 && break; sleep 0.1; done
+	for i in $(seq "$DEPLOYS"); do "$bin" deploy -c "$d/deploy.toml" --id "v$i" "$W/rel" >/dev/null; done
+	if [ "$2" = on ]; then
+		addr=$("$bin" status -c "$d/deploy.toml" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["metrics"])')
+		# One keep-alive connection, as Prometheus scrapes.
+		python3 - "$addr" "$SCRAPES" <<'PY'
+import http.client, sys
+c = http.client.HTTPConnection(sys.argv[1], timeout=10)
+for _ in range(int(sys.argv[2])):
+    c.request("GET", "/metrics")
+    r = c.getresponse()
+    r.read()
+    assert r.status == 200, r.status
+PY
+	fi
+	sleep 2
+	for c in $(pgrep -P "$p"); do # the watchdog: the agent binary re-executed
+		[ "$(readlink "/proc/$c/exe")" = "$(readlink "/proc/$p/exe")" ] && wd=$(rss "$c")
+	done
+	echo "$(rss "$p") $wd"
+	kill "$p"
+	wait "$p" || true
+}
+for bin in "${bins[@]}"; do
+	for m in ${MODES:-off on}; do
+		line="$(basename "$bin") $(stat -c %s "$bin") bytes, metrics $m: agent+watchdog KiB"
+		for r in $(seq "$RUNS"); do
+			read -r a w <<<"$(one "$bin" "$m" "$r")"
+			line+=" $((a + w)) ($a+$w)"
+		done
+		echo "$line"
+	done
+done
