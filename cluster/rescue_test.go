@@ -150,37 +150,24 @@ func TestRescue_HTTP10WaitsAtMostTheLinger(t *testing.T) {
 	// Waiting in poll(2) leaves no trace that mode listen reads.
 	h := newHarness(t, Config{Workers: 2, RescueLinger: linger, Readiness: Readiness{Mode: ModeDelay, Delay: 300 * time.Millisecond}})
 	h.mustReload(h.release("v0", "HELPER_MODE="+modeCloseOnly))
-	var stop atomic.Bool
 	var mu sync.Mutex // guards worst, bad, n
 	var worst time.Duration
 	var bad []string
 	n := 0
-	var wg sync.WaitGroup
-	for range 4 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for !stop.Load() {
-				start := time.Now()
-				body, err := http10Get(h.addr)
-				took := time.Since(start)
-				mu.Lock()
-				n++
-				worst = max(worst, took)
-				if err != nil || !strings.HasPrefix(body, "v") {
-					bad = append(bad, fmt.Sprintf("%q %v", body, err))
-				}
-				mu.Unlock()
+	total := h.reloadsUnder(4, 4, func(id string) GenerationSpec { return h.release(id, "HELPER_MODE="+modeCloseOnly) }, func(_ int, stop *atomic.Bool) {
+		for !stop.Load() {
+			start := time.Now()
+			body, err := http10Get(h.addr)
+			took := time.Since(start)
+			mu.Lock()
+			n++
+			worst = max(worst, took)
+			if err != nil || !strings.HasPrefix(body, "v") {
+				bad = append(bad, fmt.Sprintf("%q %v", body, err))
 			}
-		}()
-	}
-	var total RescueStats
-	for i := 1; i <= 4; i++ {
-		res := h.mustReload(h.release("v"+itoa(i), "HELPER_MODE="+modeCloseOnly))
-		total.add(res.Rescued)
-	}
-	stop.Store(true)
-	wg.Wait()
+			mu.Unlock()
+		}
+	})
 	t.Logf("%d HTTP/1.0 requests, slowest %s, rescue %s", n, worst, total)
 	if len(bad) > 0 {
 		t.Errorf("%d of %d HTTP/1.0 requests failed: %v", len(bad), n, bad[:min(len(bad), 5)])
@@ -220,54 +207,41 @@ func http10Get(addr string) (string, error) {
 func TestRescue_NeverAnswersOtherProtocols(t *testing.T) {
 	h := newHarness(t, Config{Workers: 2, Readiness: Readiness{Mode: ModeDelay, Delay: 300 * time.Millisecond}})
 	h.mustReload(h.release("v0", "HELPER_MODE="+modeLine))
-	var stop atomic.Bool
 	var mu sync.Mutex // guards foreign, pongs
 	var foreign []string
 	pongs := 0
-	var wg sync.WaitGroup
-	for range 4 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for !stop.Load() {
-				c, err := net.DialTimeout("tcp", h.addr, 5*time.Second)
-				if err != nil {
-					continue
-				}
-				c.SetDeadline(time.Now().Add(5 * time.Second))
-				br := bufio.NewReader(c)
-				for !stop.Load() {
-					if _, err := io.WriteString(c, "ping\n"); err != nil {
-						break
-					}
-					line, err := br.ReadString('\n')
-					if err != nil {
-						if line != "" {
-							mu.Lock()
-							foreign = append(foreign, line)
-							mu.Unlock()
-						}
-						break
-					}
-					mu.Lock()
-					if line == "pong\n" {
-						pongs++
-					} else {
-						foreign = append(foreign, line)
-					}
-					mu.Unlock()
-				}
-				c.Close()
+	total := h.reloadsUnder(4, 3, func(id string) GenerationSpec { return h.release(id, "HELPER_MODE="+modeLine) }, func(_ int, stop *atomic.Bool) {
+		for !stop.Load() {
+			c, err := net.DialTimeout("tcp", h.addr, 5*time.Second)
+			if err != nil {
+				continue
 			}
-		}()
-	}
-	var total RescueStats
-	for i := 1; i <= 3; i++ {
-		res := h.mustReload(h.release("v"+itoa(i), "HELPER_MODE="+modeLine))
-		total.add(res.Rescued)
-	}
-	stop.Store(true)
-	wg.Wait()
+			c.SetDeadline(time.Now().Add(5 * time.Second))
+			br := bufio.NewReader(c)
+			for !stop.Load() {
+				if _, err := io.WriteString(c, "ping\n"); err != nil {
+					break
+				}
+				line, err := br.ReadString('\n')
+				if err != nil {
+					if line != "" {
+						mu.Lock()
+						foreign = append(foreign, line)
+						mu.Unlock()
+					}
+					break
+				}
+				mu.Lock()
+				if line == "pong\n" {
+					pongs++
+				} else {
+					foreign = append(foreign, line)
+				}
+				mu.Unlock()
+			}
+			c.Close()
+		}
+	})
 	t.Logf("%d pongs; rescue %s", pongs, total)
 	if len(foreign) > 0 {
 		t.Errorf("the line client read what its server never wrote: %q", foreign[:min(len(foreign), 5)])
@@ -293,39 +267,26 @@ func TestRescue_LeavesTLSAlone(t *testing.T) {
 	tr := &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}, MaxIdleConnsPerHost: 4, DisableCompression: true}
 	defer tr.CloseIdleConnections()
 	client := &http.Client{Transport: tr, Timeout: 5 * time.Second}
-	var stop atomic.Bool
 	var mu sync.Mutex // guards malformed, ok, errs
 	var malformed []string
 	ok, errs := 0, 0
-	var wg sync.WaitGroup
-	for range 4 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for !stop.Load() {
-				resp, err := client.Get("https://" + h.addr + "/")
-				mu.Lock()
-				if err != nil {
-					errs++
-					if s := err.Error(); strings.Contains(s, "record") || strings.Contains(s, "HTTP") {
-						malformed = append(malformed, s)
-					}
-				} else {
-					io.Copy(io.Discard, resp.Body)
-					resp.Body.Close()
-					ok++
+	total := h.reloadsUnder(4, 3, rel, func(_ int, stop *atomic.Bool) {
+		for !stop.Load() {
+			resp, err := client.Get("https://" + h.addr + "/")
+			mu.Lock()
+			if err != nil {
+				errs++
+				if s := err.Error(); strings.Contains(s, "record") || strings.Contains(s, "HTTP") {
+					malformed = append(malformed, s)
 				}
-				mu.Unlock()
+			} else {
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				ok++
 			}
-		}()
-	}
-	var total RescueStats
-	for i := 1; i <= 3; i++ {
-		res := h.mustReload(rel("v" + itoa(i)))
-		total.add(res.Rescued)
-	}
-	stop.Store(true)
-	wg.Wait()
+			mu.Unlock()
+		}
+	})
 	t.Logf("TLS: %d ok, %d errors (the server's own stop); rescue %s", ok, errs, total)
 	if len(malformed) > 0 {
 		t.Errorf("rescue wrote into TLS connections: %q", malformed[:min(len(malformed), 5)])
@@ -346,76 +307,63 @@ func TestRescue_LeavesTLSAlone(t *testing.T) {
 func TestRescue_Pipelining(t *testing.T) {
 	h := newHarness(t, Config{Workers: 2})
 	h.mustReload(h.release("v0", "HELPER_MODE="+modeShutdownNow))
-	var stop atomic.Bool
 	var mu sync.Mutex // guards answered, unanswered, wrong
 	answered, unanswered := 0, 0
 	var wrong []string
-	var wg sync.WaitGroup
-	for w := range 4 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for seq := 0; !stop.Load(); {
-				c, err := net.DialTimeout("tcp", h.addr, 5*time.Second)
-				if err != nil {
-					continue
-				}
-				c.SetDeadline(time.Now().Add(5 * time.Second))
-				br := bufio.NewReader(c)
-				for !stop.Load() {
-					var paths []string
-					var req strings.Builder
-					for range 3 {
-						seq++
-						p := fmt.Sprintf("/w%d-%d", w, seq)
-						paths = append(paths, p)
-						fmt.Fprintf(&req, "GET %s HTTP/1.1\r\nHost: t\r\n\r\n", p)
-					}
-					if _, err := io.WriteString(c, req.String()); err != nil {
-						break
-					}
-					closed := false
-					for i, p := range paths {
-						resp, err := http.ReadResponse(br, nil)
-						if err != nil {
-							mu.Lock()
-							unanswered += len(paths) - i
-							mu.Unlock()
-							closed = true
-							break
-						}
-						b, err := io.ReadAll(resp.Body)
-						resp.Body.Close()
-						mu.Lock()
-						if err != nil || !strings.HasSuffix(string(b), " "+p) {
-							wrong = append(wrong, fmt.Sprintf("%s got %q %v", p, b, err))
-						} else {
-							answered++
-						}
-						mu.Unlock()
-						if resp.Close {
-							mu.Lock()
-							unanswered += len(paths) - i - 1
-							mu.Unlock()
-							closed = true
-							break
-						}
-					}
-					if closed {
-						break
-					}
-				}
-				c.Close()
+	total := h.reloadsUnder(4, 4, func(id string) GenerationSpec { return h.release(id, "HELPER_MODE="+modeShutdownNow) }, func(w int, stop *atomic.Bool) {
+		for seq := 0; !stop.Load(); {
+			c, err := net.DialTimeout("tcp", h.addr, 5*time.Second)
+			if err != nil {
+				continue
 			}
-		}()
-	}
-	var total RescueStats
-	for i := 1; i <= 4; i++ {
-		res := h.mustReload(h.release("v"+itoa(i), "HELPER_MODE="+modeShutdownNow))
-		total.add(res.Rescued)
-	}
-	stop.Store(true)
-	wg.Wait()
+			c.SetDeadline(time.Now().Add(5 * time.Second))
+			br := bufio.NewReader(c)
+			for !stop.Load() {
+				var paths []string
+				var req strings.Builder
+				for range 3 {
+					seq++
+					p := fmt.Sprintf("/w%d-%d", w, seq)
+					paths = append(paths, p)
+					fmt.Fprintf(&req, "GET %s HTTP/1.1\r\nHost: t\r\n\r\n", p)
+				}
+				if _, err := io.WriteString(c, req.String()); err != nil {
+					break
+				}
+				closed := false
+				for i, p := range paths {
+					resp, err := http.ReadResponse(br, nil)
+					if err != nil {
+						mu.Lock()
+						unanswered += len(paths) - i
+						mu.Unlock()
+						closed = true
+						break
+					}
+					b, err := io.ReadAll(resp.Body)
+					resp.Body.Close()
+					mu.Lock()
+					if err != nil || !strings.HasSuffix(string(b), " "+p) {
+						wrong = append(wrong, fmt.Sprintf("%s got %q %v", p, b, err))
+					} else {
+						answered++
+					}
+					mu.Unlock()
+					if resp.Close {
+						mu.Lock()
+						unanswered += len(paths) - i - 1
+						mu.Unlock()
+						closed = true
+						break
+					}
+				}
+				if closed {
+					break
+				}
+			}
+			c.Close()
+		}
+	})
 	t.Logf("pipelining: %d answered in order, %d left for the client to resend; rescue %s", answered, unanswered, total)
 	if len(wrong) > 0 {
 		t.Errorf("%d responses incomplete or out of order: %q", len(wrong), wrong[:min(len(wrong), 5)])
@@ -450,4 +398,27 @@ func TestRequestLine(t *testing.T) {
 			}
 		})
 	}
+}
+
+// reloadsUnder runs n clients (client(i, stop) returns once stop is set)
+// through reloads to releases v1..vK (rel makes each) and returns what rescue
+// did; the clients are stopped and waited for before it returns.
+func (h *harness) reloadsUnder(n, k int, rel func(id string) GenerationSpec, client func(i int, stop *atomic.Bool)) RescueStats {
+	var stop atomic.Bool
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			client(i, &stop)
+		}()
+	}
+	var total RescueStats
+	for i := 1; i <= k; i++ {
+		res := h.mustReload(rel("v" + itoa(i)))
+		total.add(res.Rescued)
+	}
+	stop.Store(true)
+	wg.Wait()
+	return total
 }
