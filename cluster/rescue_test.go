@@ -310,7 +310,7 @@ func TestRescue_Pipelining(t *testing.T) {
 	var mu sync.Mutex // guards answered, unanswered, wrong
 	answered, unanswered := 0, 0
 	var wrong []string
-	total := h.reloadsUnder(4, 4, func(id string) GenerationSpec { return h.release(id, "HELPER_MODE="+modeShutdownNow) }, func(w int, stop *atomic.Bool) {
+	total := h.reloadsUnder(4, 4, func(id string) GenerationSpec { return h.release(id, "HELPER_MODE="+modeCloseIdle) }, func(w int, stop *atomic.Bool) {
 		for seq := 0; !stop.Load(); {
 			c, err := net.DialTimeout("tcp", h.addr, 5*time.Second)
 			if err != nil {
