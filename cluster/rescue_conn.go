@@ -24,6 +24,10 @@ import (
 //
 //   - not established any more (the client closed, or the worker shut it
 //     down with shutdown(2) and the client has its FIN): closed at once;
+//   - nothing to read, and the worker read exactly what the last snapshot
+//     saw waiting and sent nothing since: it dropped that request
+//     unanswered; sent again when it has no body and an idempotent method,
+//     closed otherwise;
 //   - nothing to read and the last thing on it was a request the worker read
 //     (the worker died or gave up mid-request): closed at once, nothing can
 //     be rescued and the client must not wait for the linger;
@@ -36,7 +40,7 @@ import (
 //     and "Connection: close"; requests pipelined behind it and already
 //     sent are served the same way first, the last one closing.
 
-// Linux TCP states (include/net/tcp_states.h).
+// tcpEstablished is Linux's TCP_ESTABLISHED, the state TCP_INFO reports.
 const tcpEstablished = 1
 
 // maxRequestLine bounds how much is peeked at to recognise a request line.
