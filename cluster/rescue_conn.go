@@ -296,9 +296,10 @@ type forwardState struct {
 //
 // A stopping worker may still accept the forward connection, and may read
 // the request and let go of it unanswered (a server that stops drops what
-// it reads after its stop began). Such a request, when it has no body and
-// an idempotent method, is sent once more, as a proxy retries an upstream
-// that failed before answering; any other gets 502.
+// it reads after its stop began). A forward closed before a byte of answer,
+// when its request has no body and an idempotent method, is sent again (up
+// to maxForwardTries in all), as a proxy retries an upstream that failed
+// before answering; any other gets 502.
 func (r *rescuer) forward(c net.Conn, br *bufio.Reader, req *http.Request, h *heldConn, ends time.Time) (more, ok bool) {
 	r.prepare(req, h)
 	for try := 0; ; try++ {
@@ -366,12 +367,15 @@ func (r *rescuer) forwardOnce(c net.Conn, br *bufio.Reader, req *http.Request, h
 	}
 	more = br.Buffered() > 0 || inq > 0
 
-	bbr := bufio.NewReader(bc)
+	cr := &countingReader{r: bc}
+	bbr := bufio.NewReader(cr)
 	var resp *http.Response
 	for {
 		resp, err = http.ReadResponse(bbr, req)
 		if err != nil {
-			if fs.dropped.Load() {
+			// Closed before a byte of answer: a stopping worker took it
+			// and let it go (seen, or too fast to be seen).
+			if fs.dropped.Load() || cr.n == 0 {
 				return false, false, true
 			}
 			r.badGateway(c, err)
@@ -397,6 +401,18 @@ func (r *rescuer) forwardOnce(c net.Conn, br *bufio.Reader, req *http.Request, h
 		return false, false, false
 	}
 	return more, true, false
+}
+
+// countingReader counts the bytes read through it.
+type countingReader struct {
+	r io.Reader
+	n int64
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += int64(n)
+	return n, err
 }
 
 // badGateway answers a request whose forward got no response.
