@@ -982,7 +982,20 @@ func TestCompat_Pipelining(t *testing.T) {
 	cl := startClients(conns, func(ctx context.Context) { pipelineSession(ctx, r.addr, ta) })
 	defer cl.stop()
 	proctest.WaitFor(t, 30*time.Second, "answers from v1", func() bool { c, _, _ := ta.snapshot(); return c[outOK] >= 50 })
-	hazardSteps(t, r, ta, off, func(s compatStep, delta map[string]int64) { lossesOnly(t, s, delta, outAfterClose) })
+	// The Go server's Server.Shutdown drops what it reads once its stop
+	// began, a whole pipelined batch at times: those count as stale, within
+	// keepAliveBound's bound. Rescue must never answer out of order or in
+	// part (failed:out-of-order, a partial answer).
+	bound := keepAliveBound(t, conns*3) // a batch of 3 in flight a connection
+	hazardSteps(t, r, ta, off, func(s compatStep, delta map[string]int64) {
+		rest := map[string]int64{}
+		for k, v := range delta {
+			if k != outAfterClose {
+				rest[k] = v
+			}
+		}
+		bound(s, rest)
+	})
 	cl.stop()
 	r.checkHistory()
 	r.a.stop(30 * time.Second)
