@@ -21,24 +21,9 @@ import (
 	"github.com/handoff/handoff/internal/proctest"
 )
 
-// metricsConfig is the e2e config with the endpoint on 127.0.0.1:port.
-const metricsConfig = `root = %q
-[app]
-command = ["node", "server.js"]
-workers = 2
-drain_timeout = "10s"
-
-[[listen]]
-name = "http"
-address = "127.0.0.1:0"
-
-[readiness]
-timeout = "10s"
-
-[restart]
-backoff_min = "50ms"
-backoff_max = "1s"
-
+// metricsConfig is the e2e config (baseConfig) with the endpoint on
+// 127.0.0.1:port.
+const metricsConfig = baseConfig + `
 [metrics]
 address = "127.0.0.1:%d"
 `
@@ -172,7 +157,8 @@ func TestE2E_metricsAddressInUse(t *testing.T) {
 	if code := p.wait(30 * time.Second); code != exitUsage {
 		t.Fatalf("exit %d, want %d; log:\n%s", code, exitUsage, p.log())
 	}
-	want := regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(s.cfg) + `:19:1: metrics\.address: listen tcp 127\.0\.0\.1:\d+: bind: address already in use$`)
+	line := strings.Count(metricsConfig[:strings.Index(metricsConfig, "address = \"127.0.0.1:%d\"")], "\n") + 1
+	want := regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(s.cfg) + fmt.Sprintf(":%d:1: ", line) + `metrics\.address: listen tcp 127\.0\.0\.1:\d+: bind: address already in use$`)
 	if !want.MatchString(p.log()) {
 		t.Errorf("stderr does not name the line:\n%s", p.log())
 	}

@@ -301,12 +301,12 @@ func TestRescue_LeavesTLSAlone(t *testing.T) {
 
 // A client that pipelines three requests at a time: every response it gets
 // is complete and answers its own request, in order, across reloads of a
-// server that drops idle connections at once. Requests left unanswered
+// server that closes idle connections at once (close-idle). Requests left unanswered
 // after a "Connection: close" response are the client's to resend and are
 // counted apart.
 func TestRescue_Pipelining(t *testing.T) {
 	h := newHarness(t, Config{Workers: 2})
-	h.mustReload(h.release("v0", "HELPER_MODE="+modeShutdownNow))
+	h.mustReload(h.release("v0", "HELPER_MODE="+modeCloseIdle))
 	var mu sync.Mutex // guards answered, unanswered, wrong
 	answered, unanswered := 0, 0
 	var wrong []string

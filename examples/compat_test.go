@@ -42,7 +42,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"math/big"
 	"net"
 	"net/http"
@@ -152,33 +151,7 @@ func compatStacks() []compatStack {
 func compatDir(dir string) func(t *testing.T) map[string]relFile {
 	return func(t *testing.T) map[string]relFile {
 		t.Helper()
-		files := map[string]relFile{}
-		err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
-			if err != nil {
-				return err
-			}
-			if d.IsDir() && d.Name() == "__pycache__" {
-				return filepath.SkipDir
-			}
-			if !d.Type().IsRegular() {
-				return nil // directories; no symlinks are needed here
-			}
-			info, err := d.Info()
-			if err != nil {
-				return err
-			}
-			b, err := os.ReadFile(p)
-			if err != nil {
-				return err
-			}
-			rel, _ := filepath.Rel(dir, p)
-			files[filepath.ToSlash(rel)] = relFile{mode: int64(info.Mode().Perm()), body: b}
-			return nil
-		})
-		if err != nil {
-			t.Fatalf("reading %s: %v", dir, err)
-		}
-		return files
+		return readTree(t, dir, func(name string) bool { return name == "__pycache__" }, func(string) bool { return false })
 	}
 }
 

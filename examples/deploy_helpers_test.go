@@ -71,18 +71,28 @@ func goTool() string {
 // keyed by slash path, with their modes.
 func releaseFiles(t *testing.T, dir string) map[string]relFile {
 	t.Helper()
+	return readTree(t, dir,
+		func(name string) bool { return name == "__pycache__" || name == "node_modules" },
+		func(p string) bool { return strings.HasSuffix(p, ".go") })
+}
+
+// readTree reads the regular files under dir, by slash-separated path
+// relative to it, leaving out directories skipDir names and files skipFile
+// names; symlinks are not followed.
+func readTree(t *testing.T, dir string, skipDir func(name string) bool, skipFile func(path string) bool) map[string]relFile {
+	t.Helper()
 	files := map[string]relFile{}
 	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return err
 		}
 		if d.IsDir() {
-			if d.Name() == "__pycache__" || d.Name() == "node_modules" {
+			if p != dir && skipDir(d.Name()) {
 				return filepath.SkipDir
 			}
 			return nil
 		}
-		if !d.Type().IsRegular() || strings.HasSuffix(p, ".go") {
+		if !d.Type().IsRegular() || skipFile(p) {
 			return nil
 		}
 		info, err := d.Info()
@@ -98,7 +108,7 @@ func releaseFiles(t *testing.T, dir string) map[string]relFile {
 		return nil
 	})
 	if err != nil {
-		t.Fatalf("reading example %s: %v", dir, err)
+		t.Fatalf("reading %s: %v", dir, err)
 	}
 	return files
 }
