@@ -106,7 +106,10 @@ func serveCloseOnly(body string, sig chan os.Signal) int {
 		<-sig
 		stopping.Store(true)
 	}()
-	syscall.SetNonblock(3, false)
+	// Every worker polls the same listener and one wins each accept; the
+	// others must get EAGAIN, not block in accept(2) past the signal.
+	// Accepted sockets do not inherit O_NONBLOCK, so reads still block.
+	syscall.SetNonblock(3, true)
 	for {
 		pfd := []unix.PollFd{{Fd: 3, Events: unix.POLLIN}}
 		if n, _ := unix.Poll(pfd, 50); n <= 0 {
