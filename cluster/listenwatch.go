@@ -5,6 +5,7 @@ package cluster
 import (
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"slices"
@@ -242,8 +243,8 @@ func (s *Sockets) restore(i int, reason string) (string, error) {
 			os.Remove(w.path)
 		}
 	}
-	fresh := &Sockets{log: s.log, inodes: map[uint64]int{}}
-	if err := fresh.bind(sp); err != nil {
+	fresh, err := bindWatchable(s.log, sp)
+	if err != nil {
 		return "", err
 	}
 	s.mu.Lock()
@@ -270,6 +271,33 @@ func (s *Sockets) restore(i int, reason string) (string, error) {
 	old.Close()
 	s.mu.Unlock()
 	return RestoredRebound, nil
+}
+
+// rebindTries bounds the binds restore makes while the path keeps vanishing
+// under it (a stopping worker removing it again on exit).
+const rebindTries = 3
+
+// bindWatchable binds sp in a set of its own. A unix path removed before
+// the watch took hold of it (its inode read and its keep link made) would
+// leave a socket nobody can reach and nothing to put back: that happens
+// when the worker whose exit removed the path has a sibling doing the same
+// a moment later, so it binds again.
+func bindWatchable(log *slog.Logger, sp ListenSpec) (*Sockets, error) {
+	for try := 1; ; try++ {
+		fresh := &Sockets{log: log, inodes: map[uint64]int{}}
+		if err := fresh.bind(sp); err != nil {
+			return nil, err
+		}
+		w := fresh.watch[0]
+		if w.path == "" || (w.ino != 0 && w.keep != "") || try == rebindTries {
+			return fresh, nil
+		}
+		if _, err := os.Stat(w.path); !errors.Is(err, os.ErrNotExist) {
+			return fresh, nil
+		}
+		log.Warn("Unix socket path removed while binding it: binding again", "path", w.path, "try", try)
+		fresh.Close()
+	}
 }
 
 // relink puts w's socket file back at its path, atomically replacing
