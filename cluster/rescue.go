@@ -146,6 +146,12 @@ type rescuer struct {
 	// serve anyway.
 	otherProto atomic.Bool
 	stats      rescueCounters
+	// freezing: the first poll, with the generation frozen; what it copies
+	// is held back. holdUntil: when held-back connections are let go
+	// (UnixNano, 0 until the stop signal). peekBuf: checkHold's, run's own.
+	freezing  bool
+	holdUntil atomic.Int64
+	peekBuf   [256]byte
 }
 
 type rescueCounters struct {
@@ -164,6 +170,9 @@ type heldConn struct {
 	// when sent was last seen to grow: bytes received past it and read with
 	// nothing sent since are a request the worker dropped.
 	sent, rcvdAtSend uint64
+	// heldBack: SO_RCVLOWAT raised (rescue_hold.go), lowat its value before.
+	heldBack bool
+	lowat    int
 }
 
 // connSnapshot is what a held connection had waiting to be read at one
@@ -241,7 +250,9 @@ func (m *Master) startRescue(g *generation, deadline time.Time) *rescuer {
 	}
 	r.freeze()
 	r.refreshMembers()
+	r.freezing = true
 	r.poll()
+	r.freezing = false
 	go r.run()
 	return r
 }
@@ -295,6 +306,7 @@ func (r *rescuer) sent() {
 	for _, pgid := range r.frozen {
 		syscall.Kill(-pgid, syscall.SIGCONT)
 	}
+	r.holdFrom(time.Now())
 	for _, pid := range r.later {
 		syscall.Kill(pid, r.laterSig)
 	}
@@ -465,9 +477,11 @@ func (r *rescuer) poll() {
 	for _, pid := range r.members {
 		r.scan(pid, present)
 	}
+	now := time.Now()
 	for ino, h := range r.held {
 		if present[ino] {
 			if !h.internal {
+				r.checkHold(h, now)
 				r.snapshot(h)
 			}
 			continue
@@ -542,6 +556,9 @@ func (r *rescuer) copyConn(pid, fd int, ino uint64) {
 	}
 	r.held[ino] = h
 	if !h.internal {
+		if r.freezing {
+			r.hold(h)
+		}
 		r.snapshot(h)
 		r.stats.held.Add(1)
 	}

@@ -47,6 +47,7 @@ const tcpEstablished = 1
 const maxRequestLine = 8 << 10
 
 func (r *rescuer) release(h *heldConn) {
+	h.unhold()
 	ti, err := unix.GetsockoptTCPInfo(h.fd, unix.IPPROTO_TCP, unix.TCP_INFO)
 	if err != nil || ti.State != tcpEstablished {
 		if err == nil {
