@@ -24,8 +24,8 @@ import (
 // A held-back connection is let go (its SO_RCVLOWAT put back, which wakes
 // a reader for what waits) as soon as what arrives on it is not the start
 // of an HTTP/1.x request (a request body, TLS, another protocol: the worker
-// may be waiting for exactly that), and in any case once the linger has
-// passed since the stop signal, for a worker that keeps its idle
+// may be waiting for exactly that), and in any case holdFor after the stop
+// signal (the linger if shorter), for a worker that keeps its idle
 // connections through its stop and will serve the request itself. A
 // blocking reader (no O_NONBLOCK) is never held back: a read(2) already
 // asked for more than the request would take it in and wait for the rest.
@@ -75,7 +75,14 @@ func (r *rescuer) checkHold(h *heldConn, now time.Time) {
 	}
 }
 
+// holdFor bounds the hold from the stop signal. A server that closes idle
+// connections at its stop does so within it (Go's Shutdown looks again
+// after 1, 2, 4 … 64 ms for the connections busy at first); one that keeps
+// them through its stop (the examples' graceful stop) serves the request
+// itself once let go, this much later at most.
+const holdFor = 150 * time.Millisecond
+
 // holdFrom starts the hold's time: called at the stop signal.
 func (r *rescuer) holdFrom(t time.Time) {
-	r.holdUntil.Store(t.Add(r.linger).UnixNano())
+	r.holdUntil.Store(t.Add(min(r.linger, holdFor)).UnixNano())
 }
