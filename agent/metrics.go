@@ -66,8 +66,24 @@ func newAgentMetrics(d *daemon) *agentMetrics {
 		fetchBytes: r.Counter("handoff_fetch_bytes_total", "Bytes of release artifacts downloaded or copied."),
 		hookFails:  r.CounterVec("handoff_hook_failures_total", "Hook stages that failed, by stage.", "stage"),
 	}
-	// The usual series exist from the start at 0, so that increase() sees
-	// the first failure (a series born at 1 has no increase).
+	m.zeroSeries()
+	snap := &scrapeSnapshot{}
+	r.BeforeScrape(func() { snap.read(d) })
+	registerWorkerFamilies(r, snap)
+	registerRescueFamilies(r, snap)
+	r.Func("handoff_listeners_lost_total", "Listening sockets a worker shut down or whose unix path went, restored by the agent.", metrics.TypeCounter, nil, func(emit func(float64, ...string)) {
+		emit(float64(snap.lost))
+	})
+	r.Func("handoff_agent_info", "1, labelled with the agent's version and its in-place upgrades so far (counters restart at each).", metrics.TypeGauge, []string{"version", "upgrades"}, func(emit func(float64, ...string)) {
+		emit(1, agentVersion(), strconv.Itoa(d.up.state.Upgrades)) // set before the endpoint serves, never after
+	})
+	r.AddRuntime()
+	return m
+}
+
+// zeroSeries makes the usual series exist from the start at 0, so that
+// increase() sees the first failure (a series born at 1 has no increase).
+func (m *agentMetrics) zeroSeries() {
 	for _, op := range []string{control.OpDeploy, control.OpRollback, control.OpReload} {
 		for _, code := range []string{control.CodeOK, control.CodeFailed} {
 			m.deploys.With(op, code)
@@ -76,23 +92,31 @@ func newAgentMetrics(d *daemon) *agentMetrics {
 	for _, stage := range []control.Stage{control.StagePreActivate, control.StagePostDeploy, control.StagePostRollback, control.StageOnFailure} {
 		m.hookFails.With(string(stage))
 	}
-	// One snapshot per scrape, read by the families below; guarded by the
-	// registry's scrape lock.
-	var st cluster.Status
-	var cur string
-	var curErr error
-	var lost int
-	r.BeforeScrape(func() {
-		st = d.master.Status()
-		cur, curErr = d.store.Current()
-		d.mu.Lock()
-		lost = d.lost.count
-		d.mu.Unlock()
-	})
+}
+
+// scrapeSnapshot is what the scrape-time families read: taken once per
+// scrape, guarded by the registry's scrape lock.
+type scrapeSnapshot struct {
+	st     cluster.Status
+	cur    string
+	curErr error
+	lost   int
+}
+
+func (s *scrapeSnapshot) read(d *daemon) {
+	s.st = d.master.Status()
+	s.cur, s.curErr = d.store.Current()
+	d.mu.Lock()
+	s.lost = d.lost.count
+	d.mu.Unlock()
+}
+
+// registerWorkerFamilies adds the generation, release and worker families.
+func registerWorkerFamilies(r *metrics.Registry, snap *scrapeSnapshot) {
 	states := [...]string{cluster.WorkerStarting, cluster.WorkerReady, cluster.WorkerBackoff, cluster.WorkerStopping, cluster.WorkerExited}
 	r.Func("handoff_workers", "Worker slots of the live generations, by state.", metrics.TypeGauge, []string{"state"}, func(emit func(float64, ...string)) {
 		var n [len(states)]int
-		for _, g := range st.Generations {
+		for _, g := range snap.st.Generations {
 			for _, w := range g.Workers {
 				for i, s := range states {
 					if w.State == s {
@@ -107,7 +131,7 @@ func newAgentMetrics(d *daemon) *agentMetrics {
 	})
 	r.Func("handoff_generation", "Id of the serving generation; 0 when none serves.", metrics.TypeGauge, nil, func(emit func(float64, ...string)) {
 		id := 0
-		for _, g := range st.Generations {
+		for _, g := range snap.st.Generations {
 			if g.State == cluster.GenServing {
 				id = g.ID
 			}
@@ -115,24 +139,29 @@ func newAgentMetrics(d *daemon) *agentMetrics {
 		emit(float64(id))
 	})
 	r.Func("handoff_release_info", "1 for the release current names; no series when there is none.", metrics.TypeGauge, []string{"release"}, func(emit func(float64, ...string)) {
-		if curErr == nil {
-			emit(1, cur)
+		if snap.curErr == nil {
+			emit(1, snap.cur)
 		}
 	})
 	r.Func("handoff_worker_restarts_total", "Workers restarted after they died (restart policy with backoff).", metrics.TypeCounter, nil, func(emit func(float64, ...string)) {
-		emit(float64(st.Restarts))
+		emit(float64(snap.st.Restarts))
 	})
 	r.Func("handoff_worker_exits_total", "Worker processes ended, by reason: stopped (by the agent), exited (on its own), killed (by a signal the agent did not send), start_failed.", metrics.TypeCounter, []string{"reason"}, func(emit func(float64, ...string)) {
-		emit(float64(st.Exits.Stopped), "stopped")
-		emit(float64(st.Exits.Exited), "exited")
-		emit(float64(st.Exits.Killed), "killed")
-		emit(float64(st.Exits.StartFailed), "start_failed")
+		e := snap.st.Exits
+		emit(float64(e.Stopped), "stopped")
+		emit(float64(e.Exited), "exited")
+		emit(float64(e.Killed), "killed")
+		emit(float64(e.StartFailed), "start_failed")
 	})
+}
+
+// registerRescueFamilies adds connection rescue's families.
+func registerRescueFamilies(r *metrics.Registry, snap *scrapeSnapshot) {
 	r.Func("handoff_rescue_held_connections_total", "Client connections of stopping workers that connection rescue held.", metrics.TypeCounter, nil, func(emit func(float64, ...string)) {
-		emit(float64(st.Rescued.Held))
+		emit(float64(snap.st.Rescued.Held))
 	})
 	r.Func("handoff_rescued_connections_total", "Held connections by outcome: forwarded (their requests went to the serving generation), idle, gone, abandoned, refused (not HTTP/1.x), failed (502 sent).", metrics.TypeCounter, []string{"outcome"}, func(emit func(float64, ...string)) {
-		s := st.Rescued
+		s := snap.st.Rescued
 		emit(float64(s.Forwarded), "forwarded")
 		emit(float64(s.Idle), "idle")
 		emit(float64(s.Gone), "gone")
@@ -141,17 +170,10 @@ func newAgentMetrics(d *daemon) *agentMetrics {
 		emit(float64(s.Failed), "failed")
 	})
 	r.Func("handoff_rescued_requests_total", "Requests connection rescue forwarded, by kind: waiting (unread by the worker) or replayed (read and dropped unanswered by it).", metrics.TypeCounter, []string{"kind"}, func(emit func(float64, ...string)) {
-		emit(float64(st.Rescued.Requests-st.Rescued.Replayed), "waiting")
-		emit(float64(st.Rescued.Replayed), "replayed")
+		s := snap.st.Rescued
+		emit(float64(s.Requests-s.Replayed), "waiting")
+		emit(float64(s.Replayed), "replayed")
 	})
-	r.Func("handoff_listeners_lost_total", "Listening sockets a worker shut down or whose unix path went, restored by the agent.", metrics.TypeCounter, nil, func(emit func(float64, ...string)) {
-		emit(float64(lost))
-	})
-	r.Func("handoff_agent_info", "1, labelled with the agent's version and its in-place upgrades so far (counters restart at each).", metrics.TypeGauge, []string{"version", "upgrades"}, func(emit func(float64, ...string)) {
-		emit(1, agentVersion(), strconv.Itoa(d.up.state.Upgrades)) // set before the endpoint serves, never after
-	})
-	r.AddRuntime()
-	return m
 }
 
 // operation counts an ended operation.

@@ -257,33 +257,79 @@ func (m *Master) Reload(ctx context.Context, spec GenerationSpec, events func(Re
 		return nil, fmt.Errorf("reload %s: %w", spec.Dir, err)
 	}
 	start := time.Now()
-	dir, err := filepath.EvalSymlinks(spec.Dir)
-	if err == nil {
-		dir, err = filepath.Abs(dir)
-	}
-	if err == nil {
-		var fi os.FileInfo
-		if fi, err = os.Stat(dir); err == nil && !fi.IsDir() {
-			err = errors.New("not a directory")
-		}
-	}
+	dir, err := releaseDir(spec.Dir)
 	if err != nil {
 		return nil, fmt.Errorf("reload %s: %w: %v", spec.Dir, ErrInvalidSpec, err)
 	}
+	g, old, err := m.newGeneration(spec, dir, start)
+	if err != nil {
+		return nil, err
+	}
+	defer m.reloadWG.Done()
+	if events != nil {
+		m.setEmitter(events)
+		defer m.setEmitter(nil)
+	}
+	m.log.Info("Reloading", "gen", g.id, "release", spec.ReleaseID, "dir", dir, "workers", g.cfg.Workers)
 
+	m.startWorkers(g)
+	cause := m.awaitQuorum(ctx, g)
+	readyAfter := time.Since(start)
+	if cause == nil {
+		m.emit(ReloadEvent{Kind: EventQuorum, Generation: g.id, Message: fmt.Sprintf("%d of %d ready after %s", g.cfg.Readiness.Quorum, g.cfg.Workers, readyAfter.Round(time.Millisecond))})
+		cause = m.probation(ctx, g)
+	}
+	if cause == nil {
+		cause = m.promote(g, old)
+	}
+	if cause != nil {
+		return nil, m.fail(g, cause, start)
+	}
+	m.log.Info("Generation serving", "gen", g.id, "release", spec.ReleaseID, "ready_after", readyAfter)
+
+	res := &ReloadResult{Generation: g.id, ReadyAfter: readyAfter}
+	if old != nil {
+		res.Rescued, res.Draining = m.retireOld(old)
+	}
+	res.RetiredAfter = time.Since(start)
+	return res, nil
+}
+
+// releaseDir resolves a generation's directory to an absolute path with no
+// symlinks (the `current` link is read once, here) and checks it is one.
+func releaseDir(d string) (string, error) {
+	dir, err := filepath.EvalSymlinks(d)
+	if err == nil {
+		dir, err = filepath.Abs(dir)
+	}
+	if err != nil {
+		return "", err
+	}
+	if fi, err := os.Stat(dir); err != nil {
+		return "", err
+	} else if !fi.IsDir() {
+		return "", errors.New("not a directory")
+	}
+	return dir, nil
+}
+
+// newGeneration adds a starting generation for spec with the config the
+// next reload takes, and returns it with the generation serving now (nil
+// if none). It counts the reload in reloadWG, which the caller ends; after
+// Shutdown began it returns ErrClosed.
+func (m *Master) newGeneration(spec GenerationSpec, dir string, start time.Time) (g, old *generation, err error) {
 	m.mu.Lock()
+	defer m.mu.Unlock()
 	if m.closed {
-		m.mu.Unlock()
-		return nil, ErrClosed
+		return nil, nil, ErrClosed
 	}
 	m.reloadWG.Add(1)
-	defer m.reloadWG.Done()
 	m.nextGen++
 	gcfg := m.cfg
 	if m.next != nil {
 		gcfg = *m.next
 	}
-	g := &generation{
+	g = &generation{
 		m: m, id: m.nextGen, cfg: gcfg, spec: spec, dir: dir, created: start,
 		promoted: make(chan struct{}), stopCh: make(chan struct{}), changed: make(chan struct{}, 1),
 		state: GenStarting, epoch: m.socks.Epoch(),
@@ -292,18 +338,15 @@ func (m *Master) Reload(ctx context.Context, spec GenerationSpec, events func(Re
 		g.slots = append(g.slots, &slot{g: g, id: i, state: WorkerStarting})
 	}
 	m.gens = append(m.gens, g)
-	old := m.serving
-	m.mu.Unlock()
+	return g, m.serving, nil
+}
 
-	if events != nil {
-		m.setEmitter(events)
-		defer m.setEmitter(nil)
-	}
-	m.log.Info("Reloading", "gen", g.id, "release", spec.ReleaseID, "dir", dir, "workers", gcfg.Workers)
-
+// startWorkers spawns one worker per slot of g, each supervised by its
+// slot's goroutine; none once Shutdown began.
+func (m *Master) startWorkers(g *generation) {
 	for _, s := range g.slots {
 		if chanClosed(m.closing) {
-			break // Shutdown began: start nothing more
+			return
 		}
 		p, err := m.spawn(s, func(p *proc, err error) { s.proc, s.startErr = p, err })
 		if err == nil {
@@ -312,21 +355,15 @@ func (m *Master) Reload(ctx context.Context, spec GenerationSpec, events func(Re
 		g.wg.Add(1)
 		go s.run(p, err)
 	}
+}
 
-	cause := m.awaitQuorum(ctx, g)
-	readyAfter := time.Since(start)
-	if cause == nil {
-		m.emit(ReloadEvent{Kind: EventQuorum, Generation: g.id, Message: fmt.Sprintf("%d of %d ready after %s", gcfg.Readiness.Quorum, gcfg.Workers, readyAfter.Round(time.Millisecond))})
-		cause = m.probation(ctx, g)
-	}
-	if cause != nil {
-		return nil, m.fail(g, cause, start)
-	}
-
+// promote makes g the serving generation and old, if any, a retiring one;
+// ErrClosed once Shutdown began.
+func (m *Master) promote(g, old *generation) error {
 	m.mu.Lock()
+	defer m.mu.Unlock()
 	if m.closed {
-		m.mu.Unlock()
-		return nil, m.fail(g, ErrClosed, start)
+		return ErrClosed
 	}
 	g.state = GenServing
 	m.serving = g
@@ -334,23 +371,20 @@ func (m *Master) Reload(ctx context.Context, spec GenerationSpec, events func(Re
 	if old != nil {
 		old.state = GenRetiring
 	}
-	m.mu.Unlock()
-	m.log.Info("Generation serving", "gen", g.id, "release", spec.ReleaseID, "ready_after", readyAfter)
+	return nil
+}
 
-	res := &ReloadResult{Generation: g.id, ReadyAfter: readyAfter}
-	if old != nil {
-		m.emit(ReloadEvent{Kind: EventRetiring, Generation: old.id})
-		var retired bool
-		res.Rescued, retired = m.retire(old)
-		res.Draining = !retired
-		if res.Draining {
-			m.emit(ReloadEvent{Kind: EventDraining, Generation: old.id, Message: "a listening socket was replaced: the rest of the drain goes on in the background"})
-		} else {
-			m.emit(ReloadEvent{Kind: EventRetired, Generation: old.id})
-		}
+// retireOld retires old with its events: retired, or draining on in the
+// background when a listening socket was replaced meanwhile.
+func (m *Master) retireOld(old *generation) (rescued RescueStats, draining bool) {
+	m.emit(ReloadEvent{Kind: EventRetiring, Generation: old.id})
+	rescued, retired := m.retire(old)
+	if !retired {
+		m.emit(ReloadEvent{Kind: EventDraining, Generation: old.id, Message: "a listening socket was replaced: the rest of the drain goes on in the background"})
+	} else {
+		m.emit(ReloadEvent{Kind: EventRetired, Generation: old.id})
 	}
-	res.RetiredAfter = time.Since(start)
-	return res, nil
+	return rescued, !retired
 }
 
 // retire stops the old generation, with connection rescue, and reports

@@ -286,91 +286,132 @@ func probe(ctx context.Context, binary string) error {
 // survive the execve. Call it with spawning and reaping held and the readers
 // paused.
 func (m *Master) handover(extraFiles map[string]*os.File, extraState []byte) ([]byte, []int, error) {
-	var fds []int
-	keep := func(c syscall.Conn) (int, error) {
-		fd, err := rawFD(c)
-		if err == nil {
-			fds = append(fds, fd)
-		}
-		return fd, err
-	}
+	var k fdKeeper
 	h := handover{
 		Version: handoverVersion, NotifyDir: m.notifyDir,
 		WatchdogPID: m.watchdog.process.Pid, SpawnSeq: m.spawnSeq.Load(), State: extraState,
 		Files: map[string]int{},
 	}
-	// The set as it is now: the listen watch replaces sockets only with
-	// spawning held, which the caller holds for writing.
-	m.socks.mu.RLock()
-	h.Unlinks = append([]string(nil), m.socks.unlinks...)
-	for i, f := range m.socks.files {
-		fd, err := keep(f)
-		if err != nil {
-			m.socks.mu.RUnlock()
-			return nil, nil, fmt.Errorf("socket %s: %w", m.socks.names[i], err)
-		}
-		h.Sockets = append(h.Sockets, handoverSocket{FD: fd, Name: m.socks.names[i], Addr: m.socks.addrs[i],
-			NoRescue: !m.socks.rescue[i], KeepNagle: m.socks.specs[m.socks.names[i]].KeepNagle})
+	if err := m.handoverSockets(&h, &k); err != nil {
+		return nil, nil, err
 	}
-	m.socks.mu.RUnlock()
-	m.watchdog.mu.Lock()
-	w := m.watchdog.w
-	m.watchdog.mu.Unlock()
-	if w == nil {
-		return nil, nil, fmt.Errorf("watchdog: %w", ErrClosed)
+	if err := m.handoverFiles(&h, &k, extraFiles); err != nil {
+		return nil, nil, err
 	}
-	var err error
-	if h.WatchdogFD, err = keep(w); err != nil {
-		return nil, nil, fmt.Errorf("watchdog pipe: %w", err)
-	}
-	for name, f := range extraFiles {
-		if f == nil {
-			continue
-		}
-		fd, err := keep(f)
-		if err != nil {
-			return nil, nil, fmt.Errorf("file %s: %w", name, err)
-		}
-		h.Files[name] = fd
-	}
-
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	h.NextGen = m.nextGen
-	for _, g := range m.gens {
-		if g.state != GenServing {
-			return nil, nil, fmt.Errorf("generation %d is %s: %w", g.id, g.state, ErrBusy)
-		}
-		hg := handoverGen{ID: g.id, Spec: g.spec, Dir: g.dir, Created: g.created}
-		for _, s := range g.slots {
-			hs := handoverSlot{ID: s.id, State: s.state, Restarts: s.restarts, LastExit: s.lastExit,
-				Consecutive: s.consecutive, Backoff: s.backoff}
-			if p := s.proc; p != nil && !chanClosed(p.done) {
-				hp := &handoverProc{PID: p.pid, Started: p.started, NotifyPath: p.notifyPath}
-				p.mu.Lock()
-				hp.ReadyAt, hp.ReadyHow, hp.Status, hp.Lines = p.readyAt, p.readyHow, p.status, p.lines
-				p.mu.Unlock()
-				for _, x := range []struct {
-					c  syscall.Conn
-					to *int
-				}{{p.notify, &hp.NotifyFD}, {p.rOut, &hp.StdoutFD}, {p.rErr, &hp.StderrFD}} {
-					if *x.to, err = keep(x.c); err != nil {
-						return nil, nil, fmt.Errorf("worker %d: %w", p.pid, err)
-					}
-				}
-				hs.Proc = hp
-			} else if hs.State != WorkerBackoff {
-				hs.State = WorkerExited
-			}
-			hg.Slots = append(hg.Slots, hs)
-		}
-		h.Generations = append(h.Generations, hg)
+	if err := m.handoverGenerations(&h, &k); err != nil {
+		return nil, nil, err
 	}
 	b, err := json.Marshal(h)
 	if err != nil {
 		return nil, nil, err
 	}
-	return b, fds, nil
+	return b, k.fds, nil
+}
+
+// fdKeeper collects the descriptors a handover passes on.
+type fdKeeper struct{ fds []int }
+
+func (k *fdKeeper) keep(c syscall.Conn) (int, error) {
+	fd, err := rawFD(c)
+	if err == nil {
+		k.fds = append(k.fds, fd)
+	}
+	return fd, err
+}
+
+// handoverSockets adds the listening sockets as they are now: the listen
+// watch replaces sockets only with spawning held, which the caller holds
+// for writing.
+func (m *Master) handoverSockets(h *handover, k *fdKeeper) error {
+	m.socks.mu.RLock()
+	defer m.socks.mu.RUnlock()
+	h.Unlinks = append([]string(nil), m.socks.unlinks...)
+	for i, f := range m.socks.files {
+		fd, err := k.keep(f)
+		if err != nil {
+			return fmt.Errorf("socket %s: %w", m.socks.names[i], err)
+		}
+		h.Sockets = append(h.Sockets, handoverSocket{FD: fd, Name: m.socks.names[i], Addr: m.socks.addrs[i],
+			NoRescue: !m.socks.rescue[i], KeepNagle: m.socks.specs[m.socks.names[i]].KeepNagle})
+	}
+	return nil
+}
+
+// handoverFiles adds the watchdog's pipe and the caller's files.
+func (m *Master) handoverFiles(h *handover, k *fdKeeper, extraFiles map[string]*os.File) error {
+	m.watchdog.mu.Lock()
+	w := m.watchdog.w
+	m.watchdog.mu.Unlock()
+	if w == nil {
+		return fmt.Errorf("watchdog: %w", ErrClosed)
+	}
+	var err error
+	if h.WatchdogFD, err = k.keep(w); err != nil {
+		return fmt.Errorf("watchdog pipe: %w", err)
+	}
+	for name, f := range extraFiles {
+		if f == nil {
+			continue
+		}
+		fd, err := k.keep(f)
+		if err != nil {
+			return fmt.Errorf("file %s: %w", name, err)
+		}
+		h.Files[name] = fd
+	}
+	return nil
+}
+
+// handoverGenerations adds every generation, each of which must be
+// serving, with its slots and live workers.
+func (m *Master) handoverGenerations(h *handover, k *fdKeeper) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	h.NextGen = m.nextGen
+	for _, g := range m.gens {
+		if g.state != GenServing {
+			return fmt.Errorf("generation %d is %s: %w", g.id, g.state, ErrBusy)
+		}
+		hg := handoverGen{ID: g.id, Spec: g.spec, Dir: g.dir, Created: g.created}
+		for _, s := range g.slots {
+			hs, err := handoverSlotOf(s, k)
+			if err != nil {
+				return err
+			}
+			hg.Slots = append(hg.Slots, hs)
+		}
+		h.Generations = append(h.Generations, hg)
+	}
+	return nil
+}
+
+// handoverSlotOf describes slot s and its worker, if alive, with the
+// worker's notify socket and output pipes; m.mu is held.
+func handoverSlotOf(s *slot, k *fdKeeper) (handoverSlot, error) {
+	hs := handoverSlot{ID: s.id, State: s.state, Restarts: s.restarts, LastExit: s.lastExit,
+		Consecutive: s.consecutive, Backoff: s.backoff}
+	p := s.proc
+	if p == nil || chanClosed(p.done) {
+		if hs.State != WorkerBackoff {
+			hs.State = WorkerExited
+		}
+		return hs, nil
+	}
+	hp := &handoverProc{PID: p.pid, Started: p.started, NotifyPath: p.notifyPath}
+	p.mu.Lock()
+	hp.ReadyAt, hp.ReadyHow, hp.Status, hp.Lines = p.readyAt, p.readyHow, p.status, p.lines
+	p.mu.Unlock()
+	for _, x := range []struct {
+		c  syscall.Conn
+		to *int
+	}{{p.notify, &hp.NotifyFD}, {p.rOut, &hp.StdoutFD}, {p.rErr, &hp.StderrFD}} {
+		var err error
+		if *x.to, err = k.keep(x.c); err != nil {
+			return hs, fmt.Errorf("worker %d: %w", p.pid, err)
+		}
+	}
+	hs.Proc = hp
+	return hs, nil
 }
 
 // rawFD returns c's descriptor without changing its mode (os.File.Fd would
