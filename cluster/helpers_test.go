@@ -135,7 +135,7 @@ func runWorkerRole(mode string) int {
 		return 0 // the grandchild lingers; the group kill ends it
 	case modeAcceptRaw:
 		return acceptRaw(body)
-	case modeCloseIdle, modeShutdownNow, modeDieOnTerm, modeLine, modeTLS, modeCloseOnly:
+	case modeCloseIdle, modeShutdownNow, modeDieOnTerm, modeLine, modeTLS, modeCloseOnly, modeServeOnTerm:
 		return serveRude(mode, body)
 	}
 	return serve(mode, body)

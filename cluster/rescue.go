@@ -147,9 +147,10 @@ type rescuer struct {
 	otherProto atomic.Bool
 	stats      rescueCounters
 	// freezing: the first poll, with the generation frozen; what it copies
-	// is held back. holdUntil: when held-back connections are let go
+	// is held back, as is everything once final. holdUntil: when held-back connections are let go
 	// (UnixNano, 0 until the stop signal). peekBuf: checkHold's, run's own.
 	freezing  bool
+	final     bool // holdAll ran: the drain deadline is near
 	holdUntil atomic.Int64
 	peekBuf   [256]byte
 }
@@ -393,6 +394,7 @@ func (r *rescuer) run() {
 	}
 	interval := rescuePollMin
 	fastUntil := time.Now().Add(rescueFastFor)
+	holdAllAt := r.ends.Add(-holdBeforeKill)
 	t := time.NewTimer(interval)
 	defer t.Stop()
 	for n := 1; ; n++ {
@@ -409,6 +411,9 @@ func (r *rescuer) run() {
 			r.refreshMembers()
 		}
 		r.poll()
+		if !r.final && !time.Now().Before(holdAllAt) {
+			r.holdAll()
+		}
 		if time.Now().After(fastUntil) {
 			interval = min(interval*5/4+time.Millisecond/4, rescuePollMax)
 		}
@@ -556,7 +561,7 @@ func (r *rescuer) copyConn(pid, fd int, ino uint64) {
 	}
 	r.held[ino] = h
 	if !h.internal {
-		if r.freezing {
+		if r.freezing || r.final {
 			r.hold(h)
 		}
 		r.snapshot(h)

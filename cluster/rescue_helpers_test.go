@@ -31,12 +31,13 @@ import (
 // Worker modes for connection rescue: servers at their own default stop,
 // with none of the care of serve.
 const (
-	modeCloseIdle   = "close-idle"   // net/http; SIGTERM → stop accepting, close idle keep-alive connections at once, finish the rest (Node's server.close())
-	modeShutdownNow = "shutdown-now" // net/http; SIGTERM → Server.Shutdown, which closes idle keep-alive connections at once and drops a request it reads once stopping
-	modeDieOnTerm   = "die-on-term"  // net/http; no SIGTERM handler: dies on the signal, mid-request or not
-	modeLine        = "line"         // a line protocol ("ping" → "pong"); SIGTERM closes every connection at once
-	modeTLS         = "tls"          // net/http over TLS (HELPER_CERT, HELPER_KEY); SIGTERM → Server.Shutdown
-	modeCloseOnly   = "close-only"   // accept(2) on fd 3, one response a connection, then close(2) alone (no FIN while a copy is held); SIGTERM → exit between connections
+	modeCloseIdle   = "close-idle"    // net/http; SIGTERM → stop accepting, close idle keep-alive connections at once, finish the rest (Node's server.close())
+	modeShutdownNow = "shutdown-now"  // net/http; SIGTERM → Server.Shutdown, which closes idle keep-alive connections at once and drops a request it reads once stopping
+	modeDieOnTerm   = "die-on-term"   // net/http; no SIGTERM handler: dies on the signal, mid-request or not
+	modeLine        = "line"          // a line protocol ("ping" → "pong"); SIGTERM closes every connection at once
+	modeTLS         = "tls"           // net/http over TLS (HELPER_CERT, HELPER_KEY); SIGTERM → Server.Shutdown
+	modeCloseOnly   = "close-only"    // accept(2) on fd 3, one response a connection, then close(2) alone (no FIN while a copy is held); SIGTERM → exit between connections
+	modeServeOnTerm = "serve-on-term" // net/http; SIGTERM changes nothing: it serves keep-alive until killed
 )
 
 // serveRude runs one of the modes above on fd 3. Its HTTP handler answers
@@ -85,6 +86,9 @@ func serveRude(mode, body string) int {
 	go srv.Serve(ln)
 	fmt.Println("serving", mode)
 	<-sig
+	if mode == modeServeOnTerm {
+		select {}
+	}
 	if mode == modeCloseIdle {
 		ln.Close()
 		srv.SetKeepAlivesEnabled(false) // closes idle connections now

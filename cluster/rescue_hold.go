@@ -61,7 +61,7 @@ func (r *rescuer) checkHold(h *heldConn, now time.Time) {
 	if !h.heldBack {
 		return
 	}
-	if until := r.holdUntil.Load(); until != 0 && now.UnixNano() >= until {
+	if until := r.holdUntil.Load(); !r.final && until != 0 && now.UnixNano() >= until {
 		h.unhold()
 		return
 	}
@@ -81,6 +81,25 @@ func (r *rescuer) checkHold(h *heldConn, now time.Time) {
 // them through its stop (the examples' graceful stop) serves the request
 // itself once let go, this much later at most.
 const holdFor = 150 * time.Millisecond
+
+// holdBeforeKill is how long before the drain deadline every held
+// connection is held back again, for good: a worker still running then
+// (one that ignores the stop signal, or keeps serving a connection its
+// stop never saw, as uvicorn does with one accepted as it stops) finishes
+// the requests it has read, sees no new one, and is killed with none in
+// hand; what waits is served by the master once the kill let go of it.
+const holdBeforeKill = 500 * time.Millisecond
+
+// holdAll holds back every connection held, from now until it is let go
+// (release), except one whose bytes show it is not HTTP/1.x.
+func (r *rescuer) holdAll() {
+	r.final = true
+	for _, h := range r.held {
+		if !h.internal && !h.heldBack {
+			r.hold(h)
+		}
+	}
+}
 
 // holdFrom starts the hold's time: called at the stop signal.
 func (r *rescuer) holdFrom(t time.Time) {

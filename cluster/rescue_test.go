@@ -94,6 +94,36 @@ func TestRescue_SavesWhatTheWorkerDrops(t *testing.T) {
 	}
 }
 
+// A worker that never stops (it ignores the signal, or keeps serving a
+// connection its stop never saw) is killed at the drain deadline; its
+// keep-alive connections are held back from it before that, so it is
+// killed with no request in hand and what its clients send next is served
+// by the new generation.
+func TestRescue_KilledAtTheDeadlineWithNothingInHand(t *testing.T) {
+	h := newHarness(t, Config{Workers: 2, DrainTimeout: 1500 * time.Millisecond})
+	h.mustReload(h.release("v0", "HELPER_MODE="+modeServeOnTerm))
+	run := h.load(16)
+	waitOK(t, run, 50)
+	var total RescueStats
+	for i := 1; i <= 3; i++ {
+		res := h.mustReload(h.release("v"+itoa(i), "HELPER_MODE="+modeServeOnTerm))
+		total.add(res.Rescued)
+		waitOK(t, run, 50)
+	}
+	r := run.Stop()
+	h.mustReload(h.release("v4")) // one that stops, for the clean-up's Shutdown
+	t.Logf("figures: %s; rescue: %s", r, total)
+	if st := h.m.Status().Exits; st.Stopped < 6 {
+		t.Errorf("exits %+v: the workers were not all stopped", st)
+	}
+	if total.Forwarded == 0 {
+		t.Errorf("nothing forwarded from the killed workers: %s", total)
+	}
+	if n := r.FailedTotal + r.StaleKeepAlive; n != 0 {
+		t.Errorf("%d requests lost to the kills (%s; %s)", n, r, total)
+	}
+}
+
 // A worker that dies mid-request has read the request: nothing can be
 // rescued, and the client is not kept waiting for the linger.
 func TestRescue_AbandonedRequestClosedAtOnce(t *testing.T) {
