@@ -12,6 +12,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/handoff/handoff/loadgen"
 )
 
 // Workers at their own default stop, four reloads under a keep-alive and
@@ -35,12 +37,7 @@ func TestRescue_DefaultStopUnderLoad(t *testing.T) {
 				h.mustReload(h.release("v0", "HELPER_MODE="+mode))
 				run := startLoadOpts(t, h.addr, 16, keepAlive)
 				waitOK(t, run, 50)
-				var total RescueStats
-				for i := 1; i <= 4; i++ {
-					res := h.mustReload(h.release("v"+itoa(i), "HELPER_MODE="+mode))
-					total.add(res.Rescued)
-					waitOK(t, run, 50)
-				}
+				total := h.reloadsOf(mode, 4, run)
 				t.Logf("rescue: %s", total)
 				if st := h.m.Status().Rescued; st.Held != total.Held {
 					t.Errorf("status totals %+v, want those of the reloads %+v", st, total)
@@ -71,12 +68,7 @@ func TestRescue_SavesWhatTheWorkerDrops(t *testing.T) {
 		h.mustReload(h.release("v0", "HELPER_MODE="+modeCloseIdle))
 		run := h.load(16)
 		waitOK(t, run, 50)
-		var total RescueStats
-		for i := 1; i <= 4; i++ {
-			res := h.mustReload(h.release("v"+itoa(i), "HELPER_MODE="+modeCloseIdle))
-			total.add(res.Rescued)
-			waitOK(t, run, 50)
-		}
+		total := h.reloadsOf(modeCloseIdle, 4, run)
 		r := run.Stop()
 		t.Logf("rescue off=%v: %s; %s", noRescue, r, total)
 		if noRescue && total.Held != 0 {
@@ -104,12 +96,7 @@ func TestRescue_KilledAtTheDeadlineWithNothingInHand(t *testing.T) {
 	h.mustReload(h.release("v0", "HELPER_MODE="+modeServeOnTerm))
 	run := h.load(16)
 	waitOK(t, run, 50)
-	var total RescueStats
-	for i := 1; i <= 3; i++ {
-		res := h.mustReload(h.release("v"+itoa(i), "HELPER_MODE="+modeServeOnTerm))
-		total.add(res.Rescued)
-		waitOK(t, run, 50)
-	}
+	total := h.reloadsOf(modeServeOnTerm, 3, run)
 	r := run.Stop()
 	h.mustReload(h.release("v4")) // one that stops, for the clean-up's Shutdown
 	t.Logf("figures: %s; rescue: %s", r, total)
@@ -433,6 +420,18 @@ func TestRequestLine(t *testing.T) {
 // reloadsUnder runs n clients (client(i, stop) returns once stop is set)
 // through reloads to releases v1..vK (rel makes each) and returns what rescue
 // did; the clients are stopped and waited for before it returns.
+// reloadsOf reloads k times to releases v1…vk of the helper in mode, each
+// answering run's load before the next, and adds up what rescue did.
+func (h *harness) reloadsOf(mode string, k int, run *loadgen.Run) RescueStats {
+	var total RescueStats
+	for i := 1; i <= k; i++ {
+		res := h.mustReload(h.release("v"+itoa(i), "HELPER_MODE="+mode))
+		total.add(res.Rescued)
+		waitOK(h.t, run, 50)
+	}
+	return total
+}
+
 func (h *harness) reloadsUnder(n, k int, rel func(id string) GenerationSpec, client func(i int, stop *atomic.Bool)) RescueStats {
 	var stop atomic.Bool
 	var wg sync.WaitGroup
