@@ -146,11 +146,14 @@ type rescuer struct {
 	// serve anyway.
 	otherProto atomic.Bool
 	stats      rescueCounters
-	// freezing: the first poll, with the generation frozen; what it copies
-	// is held back, as is everything once final. holdUntil: when held-back connections are let go
-	// (UnixNano, 0 until the stop signal). peekBuf: checkHold's, run's own.
+	// Holding back (rescue_hold.go). freezing: the first poll, with the
+	// generation frozen; what it copies is held back, as is everything
+	// once final (holdAll ran: the drain deadline is near). holdUntil:
+	// when the first hold ends (UnixNano; 0 until the stop signal, set by
+	// sent on the stopping goroutine). peekBuf: checkHold's. All but
+	// holdUntil are run's own after startRescue.
 	freezing  bool
-	final     bool // holdAll ran: the drain deadline is near
+	final     bool
 	holdUntil atomic.Int64
 	peekBuf   [256]byte
 }
