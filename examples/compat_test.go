@@ -615,17 +615,11 @@ func TestCompat_HTTP10(t *testing.T) {
 
 // http10Once sends one HTTP/1.0 request on a new connection and reads to EOF.
 func http10Once(ctx context.Context, addr string, ta *tally) {
-	d := net.Dialer{Timeout: 10 * time.Second}
-	c, err := d.DialContext(ctx, "tcp", addr)
-	if err != nil {
-		if ctx.Err() == nil {
-			ta.add(failKind(err), err, 0)
-		}
+	c, end, ok := sessionConn(ctx, ta, tcpDial(ctx, addr))
+	if !ok {
 		return
 	}
-	defer c.Close()
-	stop := context.AfterFunc(ctx, func() { c.SetDeadline(time.Now()) })
-	defer stop()
+	defer end()
 	c.SetDeadline(time.Now().Add(10 * time.Second))
 	begin := time.Now()
 	if _, err := io.WriteString(c, "GET / HTTP/1.0\r\nHost: compat\r\n\r\n"); err != nil {
@@ -821,21 +815,38 @@ func httpExchange(c net.Conn, br *bufio.Reader, _ *countingConn) (string, bool, 
 	return body, resp.Close, nil
 }
 
-// keepAliveSession opens a connection and runs exchanges on it until the
-// server closes it or ctx ends. It counts "stale" for a clean close of a
-// reused connection before any byte of the answer, and any other error as a
-// failure.
-func keepAliveSession(ctx context.Context, ta *tally, dial func() (net.Conn, error), ex exchange) {
+// sessionConn dials a hazard client's connection: a dial error counts as a
+// failure unless ctx ended (then ok is false), and the connection's
+// deadline is cut once ctx ends. end stops that and closes it.
+func sessionConn(ctx context.Context, ta *tally, dial func() (net.Conn, error)) (c net.Conn, end func(), ok bool) {
 	c, err := dial()
 	if err != nil {
 		if ctx.Err() == nil {
 			ta.add(failKind(err), err, 0)
 		}
+		return nil, nil, false
+	}
+	stop := context.AfterFunc(ctx, func() { c.SetDeadline(time.Now()) })
+	return c, func() { stop(); c.Close() }, true
+}
+
+// tcpDial dials addr for a hazard client, giving up with ctx.
+func tcpDial(ctx context.Context, addr string) func() (net.Conn, error) {
+	return func() (net.Conn, error) {
+		return (&net.Dialer{Timeout: 10 * time.Second}).DialContext(ctx, "tcp", addr)
+	}
+}
+
+// keepAliveSession opens a connection and runs exchanges on it until the
+// server closes it or ctx ends. It counts "stale" for a clean close of a
+// reused connection before any byte of the answer, and any other error as a
+// failure.
+func keepAliveSession(ctx context.Context, ta *tally, dial func() (net.Conn, error), ex exchange) {
+	c, end, ok := sessionConn(ctx, ta, dial)
+	if !ok {
 		return
 	}
-	defer c.Close()
-	stop := context.AfterFunc(ctx, func() { c.SetDeadline(time.Now()) })
-	defer stop()
+	defer end()
 	cc := &countingConn{Conn: c} // over TLS it counts decrypted bytes
 	br := bufio.NewReader(cc)
 	for served := 0; ctx.Err() == nil; served++ {
@@ -884,9 +895,7 @@ func TestCompat_LineProtocol(t *testing.T) {
 	n := 0
 	next := func() int { seq.Lock(); defer seq.Unlock(); n++; return n }
 	cl := startClients(conns, func(ctx context.Context) {
-		keepAliveSession(ctx, ta, func() (net.Conn, error) {
-			return (&net.Dialer{Timeout: 10 * time.Second}).DialContext(ctx, "tcp", r.addr)
-		}, func(c net.Conn, br *bufio.Reader, _ *countingConn) (string, bool, error) {
+		keepAliveSession(ctx, ta, tcpDial(ctx, r.addr), func(c net.Conn, br *bufio.Reader, _ *countingConn) (string, bool, error) {
 			return lineExchange(c, br, next())
 		})
 	})
@@ -977,16 +986,11 @@ func TestCompat_Pipelining(t *testing.T) {
 // pipelineSession keeps one connection and sends batches of 3 pipelined
 // requests (/p/<batch>-<k>) until the server closes it or ctx ends.
 func pipelineSession(ctx context.Context, addr string, ta *tally) {
-	c, err := (&net.Dialer{Timeout: 10 * time.Second}).DialContext(ctx, "tcp", addr)
-	if err != nil {
-		if ctx.Err() == nil {
-			ta.add(failKind(err), err, 0)
-		}
+	c, end, ok := sessionConn(ctx, ta, tcpDial(ctx, addr))
+	if !ok {
 		return
 	}
-	defer c.Close()
-	stop := context.AfterFunc(ctx, func() { c.SetDeadline(time.Now()) })
-	defer stop()
+	defer end()
 	cc := &countingConn{Conn: c}
 	br := bufio.NewReader(cc)
 	for batch := 0; ctx.Err() == nil; batch++ {
