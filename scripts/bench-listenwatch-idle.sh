@@ -5,19 +5,12 @@
 set -euo pipefail
 SECS=${1:-120}
 cd "$(dirname "$0")/.."
-W=$(mktemp -d)
-trap 'rm -rf "$W"' EXIT
-CGO_ENABLED=0 go build -o "$W/agent" ./agent
-mkdir -p "$W/rel"
-cat > "$W/rel/app.py" <<'APP'
-import os, signal, socket, time
-socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).sendto(b"READY=1", os.environ["NOTIFY_SOCKET"])
-signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
-while True:
-    time.sleep(3600)
-APP
+. scripts/lib/workdir.sh
+workdir bench-listenwatch
+CGO_ENABLED=0 go build -o "$work/agent" ./agent
+idle_app "$work/rel"
 one() { # CHECK
-	local d="$W/$1" p t0 t1
+	local d="$work/$1" p t0 t1
 	mkdir -p "$d"
 	cat > "$d/deploy.toml" <<TOML
 root = "$d/root"
@@ -31,10 +24,10 @@ address = "127.0.0.1:0"
 [readiness]
 mode = "notify"
 TOML
-	"$W/agent" run -c "$d/deploy.toml" 2>"$d/log" &
+	"$work/agent" run -c "$d/deploy.toml" 2>"$d/log" &
 	p=$!
-	for _ in $(seq 100); do "$W/agent" status -c "$d/deploy.toml" >/dev/null 2>&1 && break; sleep 0.1; done
-	"$W/agent" deploy -c "$d/deploy.toml" --id v1 "$W/rel" >/dev/null
+	for _ in $(seq 100); do "$work/agent" status -c "$d/deploy.toml" >/dev/null 2>&1 && break; sleep 0.1; done
+	"$work/agent" deploy -c "$d/deploy.toml" --id v1 "$work/rel" >/dev/null
 	sleep 2
 	t0=$(awk '{print $14+$15}' /proc/$p/stat)
 	sleep "$SECS"

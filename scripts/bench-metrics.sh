@@ -12,25 +12,18 @@ SCRAPES=${SCRAPES:-300}
 RUNS=${RUNS:-3}
 DEPLOYS=${DEPLOYS:-1}
 cd "$(dirname "$0")/.."
-W=$(mktemp -d)
-trap 'rm -rf "$W"' EXIT
+. scripts/lib/workdir.sh
+workdir bench-metrics
 bins=("$@")
 if [ ${#bins[@]} -eq 0 ]; then
-	CGO_ENABLED=0 go build -o "$W/agent" ./agent
-	bins=("$W/agent")
+	CGO_ENABLED=0 go build -o "$work/agent" ./agent
+	bins=("$work/agent")
 fi
-mkdir -p "$W/rel"
-cat > "$W/rel/app.py" <<'APP'
-import os, signal, socket, time
-socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).sendto(b"READY=1", os.environ["NOTIFY_SOCKET"])
-signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
-while True:
-    time.sleep(3600)
-APP
+idle_app "$work/rel"
 rss() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 one() { # BINARY on|off RUN
 	local bin=$1 d p addr wd=0 c
-	d=$(mktemp -d "$W/$2-$3-XXXX")
+	d=$(mktemp -d "$work/$2-$3-XXXX")
 	mkdir -p "$d"
 	cat > "$d/deploy.toml" <<TOML
 root = "$d/root"
@@ -47,7 +40,7 @@ TOML
 	"$bin" run -c "$d/deploy.toml" 2>"$d/log" &
 	p=$!
 	for _ in $(seq 100); do "$bin" status -c "$d/deploy.toml" >/dev/null 2>&1 && break; sleep 0.1; done
-	for i in $(seq "$DEPLOYS"); do "$bin" deploy -c "$d/deploy.toml" --id "v$i" "$W/rel" >/dev/null; done
+	for i in $(seq "$DEPLOYS"); do "$bin" deploy -c "$d/deploy.toml" --id "v$i" "$work/rel" >/dev/null; done
 	if [ "$2" = on ]; then
 		addr=$("$bin" status -c "$d/deploy.toml" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["metrics"])')
 		# One keep-alive connection, as Prometheus scrapes.

@@ -25,16 +25,8 @@ WORKERS=${WORKERS:-2}
 ROUNDS=${ROUNDS:-8}
 command -v node >/dev/null || bash scripts/install-deps.sh >/dev/null
 
-work=$(mktemp -d /tmp/handoff-bench-readiness.XXXXXX)
-pids=()
-cleanup() {
-	for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-	for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-	rm -rf "$work"
-}
-trap cleanup EXIT INT TERM
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+. scripts/lib/workdir.sh
+workdir bench-readiness
 now_ms() { date +%s%3N; }
 
 CGO_ENABLED=0 go build -o "$work/agent" ./agent

@@ -29,16 +29,8 @@ SECS=${SECS:-8}
 STACKS=${STACKS:-"express nodehttp nodebare fastapi django sinatra go"}
 bash scripts/install-examples-deps.sh >/dev/null
 
-work=$(mktemp -d /tmp/handoff-bench-rescue.XXXXXX)
-pids=()
-cleanup() {
-	for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-	for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-	rm -rf "$work"
-}
-trap cleanup EXIT INT TERM
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+. scripts/lib/workdir.sh
+workdir bench-rescue
 json() { python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print(eval(sys.argv[2], {}, d))' "$@"; }
 ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
 

@@ -12,16 +12,8 @@ repo=$PWD
 
 bash scripts/install-deps.sh >/dev/null
 
-work=$(mktemp -d /tmp/handoff-demo.XXXXXX)
-pids=()
-cleanup() {
-	for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-	for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-	rm -rf "$work"
-}
-trap cleanup EXIT INT TERM
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+. scripts/lib/workdir.sh
+workdir demo
 now_ms() { date +%s%3N; }
 
 echo "== building agent and loadgen"
