@@ -11,22 +11,8 @@ CGO_ENABLED=0 go build -o "$work/agent" ./agent
 idle_app "$work/rel"
 one() { # CHECK
 	local d="$work/$1" p t0 t1
-	mkdir -p "$d"
-	cat > "$d/deploy.toml" <<TOML
-root = "$d/root"
-[app]
-command = ["python3", "app.py"]
-workers = 1
-listen_check = "$1"
-[[listen]]
-name = "http"
-address = "127.0.0.1:0"
-[readiness]
-mode = "notify"
-TOML
-	"$work/agent" run -c "$d/deploy.toml" 2>"$d/log" &
-	p=$!
-	for _ in $(seq 100); do "$work/agent" status -c "$d/deploy.toml" >/dev/null 2>&1 && break; sleep 0.1; done
+	idle_agent "$work/agent" "$d" "listen_check = \"$1\""
+	p=$agent_pid
 	"$work/agent" deploy -c "$d/deploy.toml" --id v1 "$work/rel" >/dev/null
 	sleep 2
 	t0=$(awk '{print $14+$15}' /proc/$p/stat)

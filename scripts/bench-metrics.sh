@@ -24,22 +24,8 @@ rss() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 one() { # BINARY on|off RUN
 	local bin=$1 d p addr wd=0 c
 	d=$(mktemp -d "$work/$2-$3-XXXX")
-	mkdir -p "$d"
-	cat > "$d/deploy.toml" <<TOML
-root = "$d/root"
-[app]
-command = ["python3", "app.py"]
-workers = 1
-[[listen]]
-name = "http"
-address = "127.0.0.1:0"
-[readiness]
-mode = "notify"
-TOML
-	[ "$2" = on ] && printf '[metrics]\naddress = "127.0.0.1:0"\n' >> "$d/deploy.toml"
-	"$bin" run -c "$d/deploy.toml" 2>"$d/log" &
-	p=$!
-	for _ in $(seq 100); do "$bin" status -c "$d/deploy.toml" >/dev/null 2>&1 && break; sleep 0.1; done
+	idle_agent "$bin" "$d" "" "$([ "$2" = on ] && printf '[metrics]\naddress = "127.0.0.1:0"')"
+	p=$agent_pid
 	for i in $(seq "$DEPLOYS"); do "$bin" deploy -c "$d/deploy.toml" --id "v$i" "$work/rel" >/dev/null; done
 	if [ "$2" = on ]; then
 		addr=$("$bin" status -c "$d/deploy.toml" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["metrics"])')

@@ -33,3 +33,28 @@ while True:
     time.sleep(3600)
 APP
 }
+
+# idle_agent BIN DIR [APP_LINES] [TOML] writes DIR/deploy.toml for one idle
+# worker (idle_app in $work/rel, readiness notify) with APP_LINES added to
+# [app] and TOML at the end, starts `BIN run` on it (its log in DIR/log),
+# waits until it answers, and sets agent_pid. The caller stops it.
+idle_agent() {
+	local bin=$1 d=$2
+	mkdir -p "$d"
+	cat > "$d/deploy.toml" <<TOML
+root = "$d/root"
+[app]
+command = ["python3", "app.py"]
+workers = 1
+${3:-}
+[[listen]]
+name = "http"
+address = "127.0.0.1:0"
+[readiness]
+mode = "notify"
+${4:-}
+TOML
+	"$bin" run -c "$d/deploy.toml" 2>"$d/log" &
+	agent_pid=$!
+	for _ in $(seq 100); do "$bin" status -c "$d/deploy.toml" >/dev/null 2>&1 && break; sleep 0.1; done
+}
