@@ -13,13 +13,13 @@ import (
 // panic; a refusal is a *Error whose every problem has a position
 // inside the file and prints as "deploy.toml:LINE:COL: …"; an accepted
 // config satisfies every invariant the daemon relies on.
-// Seeds: testdata/fuzz/FuzzParseConfig and the repository's
-// deploy.toml.example.
+// Seeds: testdata/fuzz/FuzzParseConfig (among them the agent end-to-end
+// tests' config, and its template with root = %q unformatted) and the
+// repository's deploy.toml.example.
 func FuzzParseConfig(f *testing.F) {
 	if b, err := os.ReadFile("../deploy.toml.example"); err == nil {
 		f.Add(string(b))
 	}
-	f.Add(baseConfig)
 	f.Fuzz(func(t *testing.T, src string) {
 		const path = "deploy.toml"
 		cfg, err := parseConfig(path, src)
@@ -101,25 +101,3 @@ func FuzzParseConfig(f *testing.F) {
 		}
 	})
 }
-
-// baseConfig is the agent end-to-end tests' config template, unformatted
-// (root = %q is itself a seed the loader must refuse).
-const baseConfig = `root = %q
-keep_releases = 3
-
-[app]
-command = ["node", "server.js"]
-workers = 2
-drain_timeout = "10s"
-
-[[listen]]
-name = "http"
-address = "127.0.0.1:0"
-
-[readiness]
-timeout = "10s"
-
-[restart]
-backoff_min = "50ms"
-backoff_max = "1s"
-`
